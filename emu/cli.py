@@ -1,0 +1,70 @@
+"""The `emu` command: argument handling only; the work is in emu.session."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emu.errors import EmuError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--profile",
+                   help="TLB profile (see `emu profiles`); default: generic for the arch")
+    g.add_argument("--no-hw", action="store_true", help="raw counts only: no TLB or kernel model")
+    g.add_argument("--thp", metavar="MODE",
+                   help="transparent_hugepage/enabled: always, madvise or never")
+    g.add_argument("--mthp", metavar="SIZES",
+                   help="per-size enabled, e.g. 64K=always,2M=inherit")
+    g.add_argument("--config", metavar="TOML", help="THP/khugepaged settings file")
+    g.add_argument("--khugepaged", choices=["off", "default", "fast"], default="off",
+                   help="run khugepaged with kernel defaults or the fast preset")
+    g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19")
+    g.add_argument("--ns-per-insn", type=float, default=0.5,
+                   help="simulated time per retired instruction")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    o.add_argument("--force", action="store_true", help="overwrite existing output files")
+    o.add_argument("-v", "--verbose", action="store_true", help="list every syscall and VMA")
+    o.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emu", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run a guest binary under QEMU with the model",
+                         usage="emu run [options] -- BINARY [ARGS...]")
+    run.add_argument("--record", metavar="FILE", help="also record the event stream to FILE")
+    run.add_argument("--sysroot", help="guest sysroot for dynamic binaries"
+                     " (default: /usr/aarch64-linux-gnu for arm64, / for x86-64)")
+    _model_args(run)
+    run.add_argument("binary")
+    run.add_argument("args", nargs=argparse.REMAINDER)
+
+    rep = sub.add_parser("replay", help="feed a recorded trace through the model")
+    rep.add_argument("trace")
+    _model_args(rep)
+
+    sub.add_parser("profiles", help="list the TLB profiles")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from emu import session
+        return session.dispatch(args)
+    except EmuError as e:
+        print(f"emu: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("emu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

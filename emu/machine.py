@@ -1,0 +1,252 @@
+"""The machine: drives the event stream through the hardware and kernel models.
+
+It owns the vCPUs, the processes and the clock, and holds no policy: every
+access goes to the hardware (TLBs, walker); a translation fault goes to the
+kernel's fault handler and the access is retried; syscalls go to the kernel
+in stream order; khugepaged gets the simulated time between records.
+
+Threads are identified by (pid, vCPU, n-th start) because QEMU reuses a
+vCPU index after its thread exits.  The hardware CPU an event runs on is its
+vCPU index: processes time-share CPUs, told apart by their ASID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emu.arch import syscalls
+from emu.counting import PageCounts
+from emu.trace import events as ev
+
+
+# Fault kinds as the hardware names them -> the kernel's access codes.
+_ACCESS = {"read": 0, "write": 1, "fetch": 2}
+
+
+@dataclass
+class Thread:
+    pid: int
+    vcpu: int
+    index: int             # n-th thread seen on this (pid, vCPU)
+    first_icount: int = 0
+    last_icount: int = 0
+    exited: bool = False
+
+    @property
+    def instructions(self) -> int:
+        return self.last_icount - self.first_icount
+
+
+@dataclass
+class Process:
+    pid: int
+    parent: int
+    pages: PageCounts = field(default_factory=PageCounts)
+    exit_status: int | None = None
+    vmas: list[Any] = field(default_factory=list)   # snapshot taken at exit
+    exited: bool = False
+
+
+@dataclass
+class RunOptions:
+    """What the machine models; the CLI fills it from flags."""
+
+    hardware: bool = True
+    ns_per_insn: float = 0.5
+
+
+class Machine:
+    """Consumes Batches (emu.trace.events) and accumulates every result."""
+
+    def __init__(self, arch: str, elf_info: Any, kernel: Any = None,
+                 hw: Any = None, khugepaged: Any = None,
+                 options: RunOptions | None = None) -> None:
+        self.arch = arch
+        self.elf = elf_info
+        self.systab = syscalls.SyscallTable.for_arch(arch)
+        self.kernel = kernel
+        self.hw = hw
+        self.khugepaged = khugepaged
+        self.options = options or RunOptions()
+        self.processes: dict[int, Process] = {}
+        self.threads: dict[tuple[int, int], Thread] = {}
+        self.all_threads: list[Thread] = []
+        self.syscall_log: list[dict[str, Any]] = []
+        self.markers: list[dict[str, Any]] = []
+        self.nr_events = 0
+        self.nr_fetch = 0
+        self.unresolved_faults = 0
+        self.now_ns = 0.0
+
+    # -- processes and threads -------------------------------------------------
+
+    def _process(self, pid: int, parent: int = 0) -> Process:
+        proc = self.processes.get(pid)
+        if proc is None:
+            proc = Process(pid, parent)
+            self.processes[pid] = proc
+            if self.kernel is not None:
+                if parent and parent in self.processes and not self.processes[parent].exited:
+                    self.kernel.fork(parent, pid)
+                else:
+                    self.kernel.exec_mm(pid, self.elf)
+        return proc
+
+    def _thread(self, pid: int, vcpu: int, icount: int) -> Thread:
+        th = self.threads.get((pid, vcpu))
+        if th is None or th.exited:
+            index = 0 if th is None else th.index + 1
+            th = Thread(pid, vcpu, index, icount, icount)
+            self.threads[(pid, vcpu)] = th
+            self.all_threads.append(th)
+        return th
+
+    # -- the stream ----------------------------------------------------------------
+
+    def feed(self, batch: ev.Batch) -> None:
+        events = batch.events
+        n = len(events)
+        if n == 0:
+            return
+        self.nr_events += n
+        kinds = events["kind"]
+        special = np.flatnonzero(kinds >= ev.SYSCALL)
+        lo = 0
+        for s in special.tolist():
+            if s > lo:
+                self._accesses(events, lo, s)
+            self._special(events[s], batch.syscalls)
+            lo = s + 1
+        if lo < n:
+            self._accesses(events, lo, n)
+
+    def _accesses(self, events: np.ndarray, lo: int, hi: int) -> None:
+        """READ/WRITE/FETCH records [lo, hi): runs of one (pid, vCPU) at a time."""
+        seg = events[lo:hi]
+        pids = seg["pid"]
+        vcpus = seg["vcpu"]
+        # Chunks never mix threads, so runs are long: split where (pid, vCPU) changes.
+        change = np.flatnonzero((pids[1:] != pids[:-1]) | (vcpus[1:] != vcpus[:-1])) + 1
+        bounds = [0, *change.tolist(), len(seg)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+            run = seg[a:b]
+            pid = int(run["pid"][0])
+            vcpu = int(run["vcpu"][0])
+            proc = self._process(pid)
+            th = self._thread(pid, vcpu, int(run["icount"][0]))
+            th.last_icount = max(th.last_icount, int(run["icount"][-1]))
+            kinds = run["kind"]
+            addrs = run["addr"]
+            counts = run["count"]
+            proc.pages.add(kinds, addrs, counts)
+            self.nr_fetch += int(np.count_nonzero(kinds == ev.FETCH))
+            if self.hw is not None and self.kernel is not None:
+                self._translate(pid, vcpu, kinds, addrs, counts)
+            self._tick(th)
+
+    def _translate(self, pid: int, cpu: int, kinds: np.ndarray, addrs: np.ndarray,
+                   counts: np.ndarray) -> None:
+        mm = self.kernel.mm(pid)
+        cpu %= self.hw.nr_cpus
+        i, n = 0, len(kinds)
+        while i < n:
+            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n)
+            if i >= n:
+                break
+            f = self.hw.fault
+            access = _ACCESS[f.kind]
+            if not self.kernel.handle_mm_fault(pid, cpu, f.va, access, f.reason):
+                # QEMU performed this access, so the guest was allowed it: the model
+                # lacks a mapping it should have.  Count it and go on.
+                self.unresolved_faults += 1
+                i += 1
+
+    def _tick(self, th: Thread) -> None:
+        now = th.last_icount * self.options.ns_per_insn
+        if now > self.now_ns:
+            self.now_ns = now
+            if self.khugepaged is not None:
+                self.khugepaged.tick(now)
+
+    def _special(self, rec: np.void, syscalls: np.ndarray) -> None:
+        kind = int(rec["kind"])
+        pid = int(rec["pid"])
+        vcpu = int(rec["vcpu"])
+        icount = int(rec["icount"])
+        if kind == ev.PROC_START:
+            self._process(pid, int(rec["addr"]))
+            return
+        proc = self._process(pid)
+        if kind == ev.PROC_EXIT:
+            proc.exit_status = int(rec["addr"])
+            self._exit_process(proc)
+            return
+        th = self._thread(pid, vcpu, icount)
+        th.last_icount = max(th.last_icount, icount)
+        if kind == ev.VCPU_EXIT:
+            th.exited = True
+        elif kind == ev.MARK:
+            self.markers.append({"pid": pid, "vcpu": vcpu, "id": int(rec["addr"]),
+                                 "instructions": icount})
+        elif kind == ev.SYSCALL:
+            self._syscall(pid, vcpu, syscalls[int(rec["count"])])
+
+    def _syscall(self, pid: int, vcpu: int, sc: np.void) -> None:
+        nr = int(sc["nr"])
+        args = tuple(int(a) for a in sc["args"])
+        ret = int(sc["ret"])
+        if nr == ev.EMU_MARK_NR:
+            self.markers.append({"pid": pid, "vcpu": vcpu, "id": args[0],
+                                 "instructions": self.threads[(pid, vcpu)].last_icount})
+            return
+        name = self.systab.name(nr)
+        self.syscall_log.append({"pid": pid, "vcpu": vcpu, "nr": nr, "name": name,
+                                 "args": list(args), "ret": ret,
+                                 "text": syscalls.decode(self.arch, nr, args, ret).text})
+        if self.kernel is not None:
+            self.kernel.syscall(pid, vcpu, name, args, ret)
+
+    def _exit_process(self, proc: Process) -> None:
+        if proc.exited:
+            return
+        proc.exited = True
+        for th in self.all_threads:
+            if th.pid == proc.pid:
+                th.exited = True
+        if self.kernel is not None:
+            proc.vmas = list(self.kernel.mm(proc.pid).vmas)
+            self.kernel.exit_mm(proc.pid)
+
+    def finish(self) -> None:
+        """End of stream: processes that sent no exit record exit now."""
+        for proc in list(self.processes.values()):
+            if not proc.exited:
+                self._exit_process(proc)
+
+    # -- results ---------------------------------------------------------------------
+
+    def vma_stats(self, proc: Process) -> list[dict[str, Any]]:
+        """Pages touched and accesses per VMA of the process's final layout."""
+        out = []
+        pages, reads, writes = proc.pages.arrays()
+        seen = np.zeros(len(pages), dtype=bool)
+        for vma in proc.vmas:
+            lo = int(np.searchsorted(pages, vma.start >> ev.PAGE_SHIFT))
+            hi = int(np.searchsorted(pages, vma.end >> ev.PAGE_SHIFT))
+            seen[lo:hi] = True
+            out.append({"pid": proc.pid, "start": vma.start, "end": vma.end, "kind": vma.kind,
+                        "name": vma.name, "flags": vma.flag_str(),
+                        "pages_touched": hi - lo,
+                        "accesses": {"read": int(reads[lo:hi].sum()),
+                                     "write": int(writes[lo:hi].sum())}})
+        rest = ~seen
+        if rest.any():
+            # Touched, then unmapped before the process ended.
+            out.append({"pid": proc.pid, "start": None, "end": None, "kind": "unmapped",
+                        "name": "", "flags": "", "pages_touched": int(rest.sum()),
+                        "accesses": {"read": int(reads[rest].sum()),
+                                     "write": int(writes[rest].sum())}})
+        return out

@@ -1,0 +1,77 @@
+"""Gather what the machine and models counted into one JSON-ready dict.
+
+The schema is documented in docs/json-schema.md; keys only ever get added.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from emu import __version__
+
+SCHEMA_VERSION = 1
+
+
+def _sum_counters(dicts: list[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(total)
+
+
+def build_result(machine: Any, binary: str, argv: list[str],
+                 exit_status: int | None) -> dict[str, Any]:
+    """The whole run as plain data: counts first, model details after."""
+    procs = sorted(machine.processes.values(), key=lambda p: p.pid)
+    vmas: list[dict[str, Any]] = []
+    processes = []
+    reads = writes = touched = 0
+    for proc in procs:
+        pv = machine.vma_stats(proc)
+        vmas.extend(pv)
+        _, r, w = proc.pages.arrays()
+        reads += int(r.sum())
+        writes += int(w.sum())
+        touched += proc.pages.nr_pages
+        threads = [t for t in machine.all_threads if t.pid == proc.pid]
+        processes.append({
+            "pid": proc.pid, "parent": proc.parent, "exit_status": proc.exit_status,
+            "instructions": sum(t.instructions for t in threads),
+            "accesses": {"read": int(r.sum()), "write": int(w.sum())},
+            "pages_touched": proc.pages.nr_pages,
+        })
+    vcpus = [{"pid": t.pid, "vcpu": t.vcpu, "thread": t.index, "instructions": t.instructions}
+             for t in machine.all_threads]
+    names = Counter(s["name"] for s in machine.syscall_log)
+    result: dict[str, Any] = {
+        "emu_version": __version__,
+        "schema": SCHEMA_VERSION,
+        "arch": machine.arch,
+        "binary": binary,
+        "argv": argv,
+        "exit_status": exit_status,
+        "instructions": sum(v["instructions"] for v in vcpus),
+        "accesses": {"read": reads, "write": writes},
+        "fetch_page_changes": machine.nr_fetch,
+        "pages_touched": touched,
+        "events": machine.nr_events,
+        "processes": processes,
+        "vcpus": vcpus,
+        "vmas": vmas,
+        "syscall_counts": dict(sorted(names.items())),
+        "syscalls": machine.syscall_log,
+        "markers": machine.markers,
+    }
+    if machine.hw is not None:
+        cpus = sorted({t.vcpu for t in machine.all_threads})
+        per_cpu = {str(c): machine.hw.counters(c) for c in cpus}
+        result["tlb"] = {"profile": machine.hw.profile.name,
+                         "total": _sum_counters(list(per_cpu.values())),
+                         "per_cpu": per_cpu,
+                         "unresolved_faults": machine.unresolved_faults}
+    if machine.kernel is not None and hasattr(machine.kernel, "report"):
+        result["kernel"] = machine.kernel.report()
+    if machine.khugepaged is not None and hasattr(machine.khugepaged, "report"):
+        result["khugepaged"] = machine.khugepaged.report()
+    return result

@@ -1,0 +1,76 @@
+"""perf-stat-like text summary of a result dict (emu.report.result)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SHOW_SYSCALLS = ("mmap", "munmap", "mremap", "mprotect", "brk", "madvise", "clone",
+                  "clone3", "fork", "vfork", "exit", "exit_group", "prctl")
+
+
+def _n(x: int) -> str:
+    return f"{x:>16,}"
+
+
+def _hex(x: int | None) -> str:
+    return "-" if x is None else f"{x:#014x}"
+
+
+def render(result: dict[str, Any], verbose: bool = False) -> str:
+    lines: list[str] = []
+    add = lines.append
+    argv = " ".join(result["argv"])
+    add(f" Performance counter stats for '{argv}' ({result['arch']}, emu):")
+    add("")
+    add(f"{_n(result['instructions'])}      instructions")
+    add(f"{_n(result['accesses']['read'])}      data reads")
+    add(f"{_n(result['accesses']['write'])}      data writes")
+    add(f"{_n(result['fetch_page_changes'])}      instruction-fetch page changes")
+    add(f"{_n(result['pages_touched'])}      pages touched (4 KiB)")
+    add(f"{_n(len(result['vcpus']))}      vCPUs (guest threads)")
+    add(f"{_n(len(result['processes']))}      processes")
+    tlb = result.get("tlb")
+    if tlb:
+        add("")
+        add(f" TLB model, profile {tlb['profile']} (all CPUs):")
+        for name, value in tlb["total"].items():
+            add(f"{_n(value)}      {name}")
+        if tlb["unresolved_faults"]:
+            add(f"{_n(tlb['unresolved_faults'])}      accesses the model could not map")
+    kern = result.get("kernel")
+    if kern:
+        add("")
+        add(" Kernel model:")
+        for name, value in kern.get("vmstat", {}).items():
+            if value:
+                add(f"{_n(value)}      {name}")
+        for size, stats in kern.get("mthp_stats", {}).items():
+            nz = {k: v for k, v in stats.items() if v}
+            if nz:
+                add(f"   hugepages-{size}kB: " + ", ".join(f"{k}={v}" for k, v in nz.items()))
+    add("")
+    add(" VMAs (final layout per process; pages touched, reads, writes):")
+    for v in result["vmas"]:
+        if not v["pages_touched"] and not verbose:
+            continue
+        add(f"   pid {v['pid']:<7} {_hex(v['start'])}-{_hex(v['end'])} {v['kind']:<9}"
+            f" {v['pages_touched']:>9,} pages {v['accesses']['read']:>14,} R"
+            f" {v['accesses']['write']:>14,} W  {v['name']}")
+    counts = result["syscall_counts"]
+    if counts:
+        add("")
+        add(" Syscalls: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for s in result["syscalls"]:
+            if verbose or s["name"] in _SHOW_SYSCALLS:
+                add(f"   [{s['pid']}:{s['vcpu']}] {s['text']}")
+    if result["markers"]:
+        add("")
+        add(" Markers:")
+        for m in result["markers"]:
+            add(f"   [{m['pid']}:{m['vcpu']}] emu_mark({m['id']}) at {m['instructions']:,}"
+                " instructions")
+    for p in result["processes"]:
+        if p["exit_status"] is not None and len(result["processes"]) > 1:
+            add(f" pid {p['pid']} (parent {p['parent']}) exited {p['exit_status']},"
+                f" {p['instructions']:,} instructions")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""One `emu run` or `emu replay`: inspect, launch, stream, model, report.
+
+Everything a run needs is chosen before the guest starts, so bad input fails
+fast (one line, exit 2) and nothing the user recorded is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from emu.errors import EmuError
+from emu.guest.elf import ElfInfo, Segment, inspect_elf
+from emu.machine import Machine, RunOptions
+from emu.report.result import build_result
+from emu.report.text import render
+from emu.trace.events import Batch
+
+# Simulated machine size: 4 GiB of 4 KiB frames (docs/kernel.md).
+NR_FRAMES = 1 << 20
+# TLB state is kept for this many CPUs; vCPU n runs on CPU n mod NR_CPUS.
+NR_CPUS = 64
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "profiles":
+        return _profiles()
+    if args.cmd == "run":
+        return run(args)
+    return replay(args)
+
+
+def _profiles() -> int:
+    from emu.arch.profile import default_profile, list_profiles, load_profile
+    for arch in ("x86_64", "arm64"):
+        default = default_profile(arch)
+        for name in list_profiles(arch):
+            p = load_profile(name)
+            mark = " (default)" if name == default else ""
+            print(f"{arch:<7} {name:<22}{mark} {p.description}")
+    return 0
+
+
+# -- building the model ---------------------------------------------------------------
+
+
+def _elf_meta(elf: ElfInfo) -> dict[str, Any]:
+    d = {f.name: getattr(elf, f.name) for f in dataclasses.fields(elf)}
+    d["segments"] = [dataclasses.asdict(s) for s in elf.segments]
+    return d
+
+
+def _elf_from_meta(d: dict[str, Any]) -> ElfInfo:
+    fields = {f.name for f in dataclasses.fields(ElfInfo)}
+    kw = {k: v for k, v in d.items() if k in fields}
+    kw["segments"] = tuple(Segment(**s) for s in d["segments"])
+    if kw.get("relro") is not None:
+        kw["relro"] = tuple(kw["relro"])
+    return ElfInfo(**kw)
+
+
+def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
+    options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn)
+    if args.no_hw:
+        from emu.kernel.config import ThpConfig
+        kernel = _kernel(arch, ThpConfig.kernel_defaults(), None)
+        return Machine(arch, elf, kernel=kernel, options=options)
+    from emu.arch import get_arch
+    from emu.arch.profile import default_profile, load_profile
+    from emu.hw.hardware import Hardware
+    from emu.kernel.config import ThpConfig, config_from_cli
+
+    profile = load_profile(args.profile or default_profile(arch))
+    if profile.arch != arch:
+        raise EmuError(f"profile {profile.name} is for {profile.arch}, the guest is {arch}")
+    if args.config:
+        config = ThpConfig.from_toml(args.config)
+        if args.thp or args.mthp:
+            config = config_from_cli(args.thp, args.mthp, base=config)
+    else:
+        config = config_from_cli(args.thp, args.mthp)
+    kernel = _kernel(arch, config, None)
+    hw = Hardware(get_arch(arch), profile, kernel.physmem, NR_CPUS)
+    kernel.hw = hw
+    khugepaged = None
+    if args.khugepaged != "off":
+        from emu.kernel.khugepaged import attach_khugepaged
+        khugepaged = attach_khugepaged(kernel, preset=args.khugepaged,
+                                       algo=args.collapse_algo)
+    return Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged,
+                   options=options)
+
+
+def _kernel(arch: str, config: Any, hw: Any) -> Any:
+    from emu.kernel.kernel import Kernel
+    from emu.mem import PhysMem
+    return Kernel(arch, config, hw, PhysMem(NR_FRAMES))
+
+
+# -- consuming the stream ---------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line live counter on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.last = 0.0
+
+    def update(self, machine: Machine, done: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not done and now - self.last < 0.25:
+            return
+        self.last = now
+        insns = sum(t.instructions for t in machine.all_threads)
+        line = f"emu: {insns:,} instructions, {machine.nr_events:,} events"
+        sys.stderr.write("\r\x1b[2K" + line + ("\n" if done else ""))
+        sys.stderr.flush()
+
+
+def consume(machine: Machine, batches: Iterable[Batch], progress: _Progress) -> None:
+    for batch in batches:
+        machine.feed(batch)
+        progress.update(machine)
+    machine.finish()
+    progress.update(machine, done=True)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    for path in (getattr(args, "json", None), getattr(args, "record", None)):
+        if path and os.path.exists(path) and not args.force:
+            raise EmuError(f"{path}: already exists (use --force to overwrite)")
+
+
+def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        except OSError as e:
+            raise EmuError(f"{args.json}: cannot write: {e.strerror}") from None
+    if not args.quiet:
+        print(render(result, verbose=args.verbose), file=sys.stderr)
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from emu.guest.qemu import GuestRun
+    from emu.trace.reader import iter_batches
+
+    args.args = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else args.args
+    _check_outputs(args)
+    elf = inspect_elf(args.binary)
+    machine = build_machine(elf.arch, elf, args)
+    argv = [args.binary, *args.args]
+    meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
+            "elf": _elf_meta(elf)}
+    progress = _Progress(sys.stderr.isatty() and not args.quiet)
+    with GuestRun(args.binary, args.args, arch=elf.arch, sysroot=args.sysroot) as guest:
+        batches = iter_batches(guest.stream, record=args.record, force=args.force, meta=meta)
+        try:
+            consume(machine, batches, progress)
+        except BaseException:
+            guest.kill()
+            raise
+        status = guest.wait()
+    result = build_result(machine, args.binary, argv, status)
+    _write_outputs(args, result)
+    return status
+
+
+def replay(args: argparse.Namespace) -> int:
+    from emu.trace.reader import iter_batches, read_meta
+
+    if not os.path.isfile(args.trace):
+        raise EmuError(f"{args.trace}: no such file")
+    _check_outputs(args)
+    meta = read_meta(args.trace)
+    try:
+        elf = _elf_from_meta(meta["elf"])
+        arch, argv = meta["arch"], meta["argv"]
+    except (KeyError, TypeError, ValueError):
+        raise EmuError(f"{args.trace}: recording has no usable guest description") from None
+    machine = build_machine(arch, elf, args)
+    progress = _Progress(sys.stderr.isatty() and not args.quiet)
+    consume(machine, iter_batches(args.trace), progress)
+    statuses = [p.exit_status for p in sorted(machine.processes.values(), key=lambda p: p.pid)]
+    result = build_result(machine, argv[0], argv, statuses[0] if statuses else None)
+    _write_outputs(args, result)
+    return 0
