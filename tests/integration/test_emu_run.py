@@ -1,0 +1,208 @@
+"""`emu run` end to end on real QEMU, both architectures: counts against the guests' truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emu.guest.truth import page_checksum, parse_truth, range_pages
+
+REPO = Path(__file__).resolve().parents[2]
+EMU = [sys.executable, "-m", "emu.cli"]
+ARCHES = ["x86_64", "arm64"]
+
+pytestmark = pytest.mark.integration
+
+
+def guest(arch: str, name: str) -> str:
+    path = REPO / "build" / "guest" / arch / name
+    if not path.exists() or not (REPO / "build" / "libemu.so").exists():
+        pytest.skip(f"{path.relative_to(REPO)} or the plugin is not built (bash setup.sh)")
+    return str(path)
+
+
+def emu(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([*EMU, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"emu {' '.join(args)} -> {p.returncode}\n{p.stderr[-3000:]}")
+    return p
+
+
+def run_json(tmp_path: Path, binary: str, *gargs: str, opts: tuple[str, ...] = ()) -> tuple:
+    out = tmp_path / "r.json"
+    p = emu("run", "-q", "--json", str(out), *opts, "--", binary, *gargs)
+    return json.loads(out.read_text()), parse_truth(p.stdout)
+
+
+def region_vma(result: dict, truth: dict) -> dict:
+    """The VMA holding the workload's region (the mmap the guest made)."""
+    start, end = truth["region"]["start"], truth["region"]["end"]
+    hits = [v for v in result["vmas"]
+            if v["start"] is not None and v["start"] <= start and end <= v["end"]]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("pattern", ["full", "strided", "64k", "random"])
+def test_touch_counts_equal_truth(tmp_path, arch, pattern):
+    gargs = ["-m", "4", "-p", pattern]
+    if pattern == "strided":
+        gargs += ["-s", "3"]
+    result, truth = run_json(tmp_path, guest(arch, "touch"), *gargs, opts=("--no-hw",))
+    vma = region_vma(result, truth)
+    assert vma["pages_touched"] == truth["pages_touched"] == len(range_pages(truth["touched"]))
+    assert vma["accesses"] == {"read": truth["reads"], "write": truth["writes"]}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_random_counts_equal_truth(tmp_path, arch):
+    result, truth = run_json(tmp_path, guest(arch, "random"), "-m", "8", "-i", "200000")
+    vma = region_vma(result, truth)
+    assert vma["pages_touched"] == truth["pages_touched"]
+    assert vma["accesses"] == {"read": truth["reads"], "write": truth["writes"]}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_random_per_page_checksum(arch):
+    """Per-page reads and writes, compared through the guests' own digest."""
+    binary = guest(arch, "random")
+    # The guest prints its truth on stdout, so run the machine in a child with stdout piped.
+    code = (
+        "import sys\n"
+        "from emu.guest.qemu import GuestRun\n"
+        "from emu.trace.reader import iter_batches\n"
+        "from emu.guest.elf import inspect_elf\n"
+        "from emu.machine import Machine\n"
+        "import json\n"
+        f"arch={arch!r}; binary={binary!r}\n"
+        "m = Machine(arch, inspect_elf(binary))\n"
+        "with GuestRun(binary, ['-m', '2', '-i', '50000'], arch=arch) as g:\n"
+        "    for b in iter_batches(g.stream):\n"
+        "        m.feed(b)\n"
+        "    g.wait()\n"
+        "m.finish()\n"
+        "pages = {}\n"
+        "for p in m.processes.values():\n"
+        "    pg, r, w = p.pages.arrays()\n"
+        "    pages = {int(a): (int(x), int(y)) for a, x, y in zip(pg, r, w)}\n"
+        "print('PAGES ' + json.dumps(pages))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    truth = parse_truth(p.stdout)
+    line = next(x for x in p.stdout.splitlines() if x.startswith("PAGES "))
+    counts = {int(k): tuple(v) for k, v in json.loads(line[6:]).items()}
+    base = truth["region"]["start"] >> 12
+    npages = (truth["region"]["end"] - truth["region"]["start"]) >> 12
+    region = {pg - base: c for pg, c in counts.items() if 0 <= pg - base < npages}
+    assert page_checksum(region) == truth["checksum"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mm_syscalls_appear_with_args_and_results(tmp_path, arch):
+    result, truth = run_json(tmp_path, guest(arch, "collapse"), opts=("--no-hw",))
+    calls = result["syscalls"]
+    mmaps = [s for s in calls if s["name"] == "mmap"]
+    region_map = truth["region"]["map_start"]
+    assert any(s["ret"] == region_map and s["args"][1] == truth["region"]["map_end"] - region_map
+               for s in mmaps), mmaps
+    madv = [s for s in calls if s["name"] == "madvise"]
+    assert any("MADV_COLLAPSE" in s["text"] and s["args"][0] == truth["region"]["start"]
+               for s in madv), madv
+    assert any(s["name"] == "munmap" for s in calls)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_threads_one_vcpu_each_and_icounts_add_up(tmp_path, arch):
+    result, truth = run_json(tmp_path, guest(arch, "threads"), opts=("--no-hw",))
+    vcpus = result["vcpus"]
+    assert len(vcpus) == truth["nthreads"] + 1          # the workers and main
+    assert sum(v["instructions"] for v in vcpus) == result["instructions"]
+    assert all(v["instructions"] > 0 for v in vcpus)
+    vma = region_vma(result, truth)
+    assert vma["accesses"] == {"read": truth["reads"], "write": truth["writes"]}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_forker_parent_and_child_by_pid(tmp_path, arch):
+    result, truth = run_json(tmp_path, guest(arch, "forker"), opts=("--no-hw",))
+    procs = {p["pid"]: p for p in result["processes"]}
+    assert len(procs) == 2
+    child = [p for p in procs.values() if p["parent"] != 0]
+    assert len(child) == 1 and child[0]["parent"] in procs
+    by_pid = {v["pid"]: v for v in result["vmas"]
+              if v["start"] is not None and v["start"] <= truth["region"]["start"] < v["end"]}
+    assert len(by_pid) == 2
+    parent_pid = child[0]["parent"]
+    assert by_pid[parent_pid]["accesses"]["write"] == truth["parent"]["writes"]
+    assert by_pid[child[0]["pid"]]["accesses"]["write"] == truth["child"]["writes"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_record_then_replay_identical(tmp_path, arch):
+    rec = tmp_path / "t.emutrace"
+    live = tmp_path / "live.json"
+    emu("run", "-q", "--record", str(rec), "--json", str(live), "--",
+        guest(arch, "random"), "-m", "4", "-i", "100000")
+    again = tmp_path / "replay.json"
+    emu("replay", "-q", "--json", str(again), str(rec))
+    a, b = json.loads(live.read_text()), json.loads(again.read_text())
+    for key in ("instructions", "accesses", "pages_touched", "vmas", "syscalls", "markers",
+                "vcpus", "tlb", "kernel"):
+        assert a.get(key) == b.get(key), key
+    # A recording is never overwritten without --force.
+    p = emu("run", "-q", "--record", str(rec), "--", guest(arch, "random"), check=False)
+    assert p.returncode == 2 and "already exists" in p.stderr
+
+
+def test_damaged_recording_names_offset(tmp_path):
+    rec = tmp_path / "t.emutrace"
+    emu("run", "-q", "--no-hw", "--record", str(rec), "--",
+        guest("x86_64", "random"), "-m", "2", "-i", "20000")
+    data = rec.read_bytes()
+    cut = tmp_path / "cut.emutrace"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    flip = tmp_path / "flip.emutrace"
+    b = bytearray(data)
+    b[len(b) // 2] ^= 0x10
+    flip.write_bytes(bytes(b))
+    for bad in (cut, flip):
+        p = emu("replay", "-q", str(bad), check=False)
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "byte" in lines[0] or "offset" in lines[0], lines[0]
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path):
+    elf = Path(guest("x86_64", "random")).read_bytes()
+    notelf = tmp_path / "notelf"
+    notelf.write_text("#!/bin/sh\necho hi\n")
+    elf32 = tmp_path / "elf32"
+    elf32.write_bytes(elf[:4] + b"\x01" + elf[5:])
+    riscv = tmp_path / "riscv"
+    riscv.write_bytes(elf[:18] + (243).to_bytes(2, "little") + elf[20:])
+    cases = {str(tmp_path / "missing"): "no such file", str(notelf): "not an ELF",
+             str(elf32): "ELF32", str(riscv): "RISC"}
+    for path, words in cases.items():
+        p = emu("run", "--", path, check=False)
+        assert p.returncode == 2, (path, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert words.lower() in p.stderr.lower(), (words, p.stderr)
+
+
+def test_qemu_missing_one_line_exit_2(tmp_path):
+    binary = guest("arm64", "random")
+    env = dict(os.environ, PATH=str(tmp_path))
+    p = subprocess.run([*EMU, "run", "--", binary], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert "qemu-aarch64 not found" in p.stderr
