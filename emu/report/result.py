@@ -70,8 +70,14 @@ def build_result(machine: Any, binary: str, argv: list[str],
                          "total": _sum_counters(list(per_cpu.values())),
                          "per_cpu": per_cpu,
                          "unresolved_faults": machine.unresolved_faults}
-    if machine.kernel is not None and hasattr(machine.kernel, "report"):
-        result["kernel"] = machine.kernel.report()
+    if machine.kernel is not None and machine.hw is not None:
+        k = machine.kernel
+        result["kernel"] = {
+            "config": k.config.as_sysfs(),
+            "vmstat": k.vmstat,
+            "mthp_stats": {str(kb): d for kb, d in sorted(k.mthp_stats.items())},
+            "nr_free_frames": k.nr_free_frames,
+        }
     if machine.khugepaged is not None and hasattr(machine.khugepaged, "report"):
         result["khugepaged"] = machine.khugepaged.report()
     return result
