@@ -56,6 +56,7 @@ class RunOptions:
 
     hardware: bool = True
     ns_per_insn: float = 0.5
+    khugepaged: bool = False   # run the khugepaged thread (MADV_COLLAPSE works regardless)
 
 
 class Machine:
@@ -168,7 +169,7 @@ class Machine:
         now = th.last_icount * self.options.ns_per_insn
         if now > self.now_ns:
             self.now_ns = now
-            if self.khugepaged is not None:
+            if self.khugepaged is not None and self.options.khugepaged:
                 self.khugepaged.tick(now)
 
     def _special(self, rec: np.void, syscalls: np.ndarray) -> None:

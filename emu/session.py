@@ -89,11 +89,11 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
     kernel = _kernel(arch, config, None)
     hw = Hardware(get_arch(arch), profile, kernel.physmem, NR_CPUS)
     kernel.hw = hw
-    khugepaged = None
-    if args.khugepaged != "off":
-        from emu.kernel.khugepaged import attach_khugepaged
-        khugepaged = attach_khugepaged(kernel, preset=args.khugepaged,
-                                       algo=args.collapse_algo)
+    # MADV_COLLAPSE works whether or not the khugepaged thread runs.
+    from emu.kernel.khugepaged import attach_khugepaged
+    preset = "default" if args.khugepaged == "off" else args.khugepaged
+    khugepaged = attach_khugepaged(kernel, preset=preset, algo=args.collapse_algo)
+    options.khugepaged = args.khugepaged != "off"
     return Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged,
                    options=options)
 

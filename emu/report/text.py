@@ -48,6 +48,10 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             nz = {k: v for k, v in stats.items() if v}
             if nz:
                 add(f"   hugepages-{size}kB: " + ", ".join(f"{k}={v}" for k, v in nz.items()))
+    if result.get("khugepaged"):
+        from emu.kernel.collapse_kernel import render_report
+        add("")
+        add(render_report(result["khugepaged"]))
     add("")
     add(" VMAs (final layout per process; pages touched, reads, writes):")
     for v in result["vmas"]:

@@ -1,0 +1,404 @@
+"""collapse_huge_page() step by step (kernel-mthp.md §2), for PMD and mTHP orders.
+
+Follows the v19 form of the khugepaged mTHP series: entered and left with the mmap
+lock dropped; the whole PMD is detached by pmdp_collapse_flush even for a 16 KiB
+target; isolate never modifies PTEs, so a failure reinstalls the saved table and
+every PTE is as it was.  Each step advances ``cc.now_ns`` by an estimated duration
+(collapse_costs.toml) and is recorded in the attempt's trace event.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emu.kernel.collapse_ops import (
+    BIT,
+    HPAGE_PMD_MASK,
+    HPAGE_PMD_NR,
+    HPAGE_PMD_ORDER,
+    KHUGEPAGED_MAX_PTES_LIMIT,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTE_NONE,
+    PTE_PRESENT,
+    PTE_SWAP,
+    PTE_ZERO,
+    THP_ORDERS_ALL_ANON,
+    TVA_FORCED_COLLAPSE,
+    TVA_KHUGEPAGED,
+    CollapseOps,
+    VmaInfo,
+    thp_vma_allowable_orders,
+    thp_vma_suitable_order,
+)
+from emu.kernel.khugepaged_knobs import CollapseCosts, KhugepagedKnobs
+from emu.kernel.scan_result import ScanResult
+
+S = ScanResult
+
+MTHP_NONE_WARNING = ("mTHP collapse does not support max_ptes_none values other than "
+                     "0 or 511, defaulting to 0.")
+
+
+@dataclass
+class TraceEvent:
+    """One record named like the kernel tracepoint (or 'pr_warn_once')."""
+
+    name: str
+    t_ns: int
+    args: dict
+
+
+@dataclass
+class Tracer:
+    """Collects trace events and pr_warn_once state for one kernel.
+
+    ``counts`` keeps (event name, status, order) totals for every event ever emitted,
+    so reports stay exact when the event list is capped at ``max_events``.
+    """
+
+    events: list[TraceEvent] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set)
+    enabled: bool = True
+    max_events: int = 200_000
+    dropped: int = 0
+    counts: Counter = field(default_factory=Counter)
+
+    def emit(self, name: str, t_ns: int, **args: Any) -> None:
+        self.counts[(name, args.get("status"), args.get("order"))] += 1
+        if not self.enabled:
+            return
+        if len(self.events) >= self.max_events:
+            self.dropped += 1
+            return
+        self.events.append(TraceEvent(name, t_ns, args))
+
+    def warn_once(self, msg: str, t_ns: int) -> None:
+        if msg not in self.warned:
+            self.warned.add(msg)
+            self.events.append(TraceEvent("pr_warn_once", t_ns, {"msg": msg}))
+
+    def named(self, name: str) -> list[TraceEvent]:
+        return [e for e in self.events if e.name == name]
+
+
+@dataclass
+class CollapseControl:
+    """struct collapse_control: who is collapsing, with what knobs, and scan state."""
+
+    is_khugepaged: bool
+    knobs: KhugepagedKnobs
+    tracer: Tracer
+    costs: CollapseCosts
+    algo: str = "v19"
+    now_ns: int = 0
+    progress: int = 0
+    collapse_attempted: bool = False    # the last scan dropped mmap_lock to collapse
+    mthp_present_ptes: np.ndarray = field(
+        default_factory=lambda: np.zeros(HPAGE_PMD_NR, dtype=np.bool_))
+    # v5: one bit per KHUGEPAGED_MIN_MTHP_ORDER chunk of 4 PTEs (128 bits).
+    mthp_bitmap: np.ndarray = field(default_factory=lambda: np.zeros(128, dtype=np.bool_))
+    # Lance Yang's post-v19 fix (UNCONFIRMED whether merged): count accepted swap PTEs
+    # as occupied in the PMD-order pre-check.  Off = v19 as posted.
+    pmd_precheck_counts_swap: bool = False
+    # Stand-in for reclaim's LRU aging: if set, the isolate step test-and-clears the
+    # PTE young bits it counted, so a page untouched since the last visit counts as
+    # not referenced next time.  The kernel's scan itself only tests (docs/khugepaged.md).
+    clear_young: bool = False
+
+    def step(self, ns: int) -> None:
+        self.now_ns += int(ns)
+
+
+# ---------------------------------------------------------------- limits (§1.5)
+
+def collapse_max_ptes_none(cc: CollapseControl, vma: VmaInfo | None, order: int) -> int:
+    """How many none/zero PTEs a range of 2**order may hold (v19 03/14 + fixups)."""
+    if vma is not None and vma.uffd_armed:
+        return 0
+    if not cc.is_khugepaged:
+        return HPAGE_PMD_NR
+    sysfs = cc.knobs.max_ptes_none
+    if order == HPAGE_PMD_ORDER:
+        return sysfs
+    if cc.algo == "v5":
+        # v5: the PMD limit scaled down by order (the cause of the creep, §1.6).
+        return sysfs >> (HPAGE_PMD_ORDER - order)
+    if sysfs == KHUGEPAGED_MAX_PTES_LIMIT:
+        return (1 << order) - 1
+    if sysfs != 0:
+        cc.tracer.warn_once(MTHP_NONE_WARNING, cc.now_ns)
+    return 0
+
+
+def collapse_max_ptes_swap(cc: CollapseControl, order: int) -> int:
+    if not cc.is_khugepaged:
+        return HPAGE_PMD_NR
+    return cc.knobs.max_ptes_swap if order == HPAGE_PMD_ORDER else 0
+
+
+def collapse_max_ptes_shared(cc: CollapseControl, order: int) -> int:
+    if not cc.is_khugepaged:
+        return HPAGE_PMD_NR
+    return cc.knobs.max_ptes_shared if order == HPAGE_PMD_ORDER else 0
+
+
+def count_collapse_event(ops: CollapseOps, order: int, vm_event: str, mthp_stat: str) -> None:
+    """The mTHP stat always, the vm event for PMD order only (count_collapse_event())."""
+    if order == HPAGE_PMD_ORDER:
+        ops.count_vm_event(vm_event)
+    ops.count_mthp_stat(order, mthp_stat)
+
+
+# ---------------------------------------------------------------- eligibility (§1.2)
+
+def collapse_possible_orders(ops: CollapseOps, mm: Any, vma: VmaInfo, tva: int) -> int:
+    """collapse_possible_orders(): all anon orders for khugepaged, PMD otherwise."""
+    mask = THP_ORDERS_ALL_ANON if (tva == TVA_KHUGEPAGED and vma.anon) else BIT(HPAGE_PMD_ORDER)
+    return thp_vma_allowable_orders(vma, tva, mask, ops.thp, ops.mm_thp_disabled(mm))
+
+
+def collapse_possible(ops: CollapseOps, mm: Any, vma: VmaInfo, tva: int) -> bool:
+    return bool(collapse_possible_orders(ops, mm, vma, tva))
+
+
+def hugepage_vma_revalidate(ops: CollapseOps, mm: Any, address: int, expect_anon: bool,
+                            cc: CollapseControl, order: int) -> tuple[ScanResult, VmaInfo | None]:
+    """Re-find the VMA after the lock was dropped and check it can take 2**order."""
+    cc.step(cc.costs.revalidate_ns)
+    if ops.mm_exiting(mm) or ops.mm_thp_disabled(mm):
+        return S.SCAN_ANY_PROCESS, None
+    vma = ops.find_vma(mm, address)
+    if vma is None:
+        return S.SCAN_VMA_NULL, None
+    # v19 01/14: always the whole PMD, since the collapse detaches the whole table.
+    if not thp_vma_suitable_order(vma, address, HPAGE_PMD_ORDER):
+        return S.SCAN_ADDRESS_RANGE, None
+    tva = TVA_KHUGEPAGED if cc.is_khugepaged else TVA_FORCED_COLLAPSE
+    if not thp_vma_allowable_orders(vma, tva, BIT(order), ops.thp, ops.mm_thp_disabled(mm)):
+        return S.SCAN_VMA_CHECK, None
+    if expect_anon and (not vma.anon or not vma.anon_vma):
+        return S.SCAN_PAGE_ANON, None
+    return S.SCAN_SUCCEED, vma
+
+
+def find_pmd_or_thp_or_none(ops: CollapseOps, mm: Any, pmd_addr: int) -> ScanResult:
+    kind = ops.pmd_kind(mm, pmd_addr)
+    if kind == "huge":
+        return S.SCAN_PMD_MAPPED
+    if kind != "table":
+        return S.SCAN_NO_PTE_TABLE
+    return S.SCAN_SUCCEED
+
+
+# ---------------------------------------------------------------- steps
+
+def alloc_charge_folio(ops: CollapseOps, cc: CollapseControl,
+                       order: int) -> tuple[ScanResult, Any]:
+    """Allocate the target folio; GFP_TRANSHUGE_LIGHT only for khugepaged with defrag=0."""
+    light = cc.is_khugepaged and not cc.knobs.defrag
+    folio = ops.alloc_folio(order, light)
+    cc.step(cc.costs.alloc_base_ns + cc.costs.alloc_per_page_ns * (1 << order))
+    if folio is None:
+        count_collapse_event(ops, order, "thp_collapse_alloc_failed", "collapse_alloc_failed")
+        return S.SCAN_ALLOC_HUGE_PAGE_FAIL, None
+    count_collapse_event(ops, order, "thp_collapse_alloc", "collapse_alloc")
+    return S.SCAN_SUCCEED, folio
+
+
+def collapse_huge_page_swapin(ops: CollapseOps, mm: Any, vma: VmaInfo, start_addr: int,
+                              referenced: int, cc: CollapseControl, order: int) -> ScanResult:
+    """__collapse_huge_page_swapin(): swap in the range (PMD); mTHP bails at a swap PTE."""
+    pmd_addr = start_addr & HPAGE_PMD_MASK
+    first = (start_addr - pmd_addr) >> PAGE_SHIFT
+    ptes = ops.read_ptes(mm, pmd_addr)
+    swapped_in = 0
+    result = S.SCAN_SUCCEED
+    for i in range(first, first + (1 << order)):
+        if ptes["kind"][i] != PTE_SWAP:
+            continue
+        if order != HPAGE_PMD_ORDER:
+            ops.count_mthp_stat(order, "collapse_exceed_swap_pte")
+            result = S.SCAN_EXCEED_SWAP_PTE
+            break
+        if not ops.swapin(mm, vma, pmd_addr + i * PAGE_SIZE):
+            result = S.SCAN_FAIL
+            break
+        swapped_in += 1
+        cc.step(cc.costs.swapin_page_ns)
+    cc.tracer.emit("mm_collapse_huge_page_swapin", cc.now_ns, mm=mm, swapped_in=swapped_in,
+                   referenced=referenced, ret=result.status, order=order)
+    return result
+
+
+def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_addr: int,
+                               ptes: np.ndarray, cc: CollapseControl,
+                               order: int) -> tuple[ScanResult, list[int]]:
+    """__collapse_huge_page_isolate(): check and isolate the folios of the target range.
+
+    Reads the detached table; never changes a PTE.  On failure the folios isolated so
+    far are put back and the list is empty.
+    """
+    first = (start_addr & ~HPAGE_PMD_MASK) >> PAGE_SHIFT
+    max_none = collapse_max_ptes_none(cc, vma, order)
+    max_shared = collapse_max_ptes_shared(cc, order)
+    none_or_zero = shared = referenced = 0
+    isolated: list[int] = []
+    result = S.SCAN_SUCCEED
+    for i in range(first, first + (1 << order)):
+        p = ptes[i]
+        kind = int(p["kind"])
+        if kind in (PTE_NONE, PTE_ZERO):
+            none_or_zero += 1
+            if none_or_zero > max_none:
+                count_collapse_event(ops, order, "thp_scan_exceed_none_pte",
+                                     "collapse_exceed_none_pte")
+                result = S.SCAN_EXCEED_NONE_PTE
+                break
+            continue
+        if kind != PTE_PRESENT:
+            result = S.SCAN_PTE_NON_PRESENT
+            break
+        if p["uffd_wp"]:
+            result = S.SCAN_PTE_UFFD_WP
+            break
+        folio = int(p["folio"])
+        if folio < 0:
+            result = S.SCAN_PAGE_NULL
+            break
+        if p["shared"]:
+            shared += 1
+            if shared > max_shared:
+                count_collapse_event(ops, order, "thp_scan_exceed_share_pte",
+                                     "collapse_exceed_shared_pte")
+                result = S.SCAN_EXCEED_SHARED_PTE
+                break
+        if order != HPAGE_PMD_ORDER and int(p["folio_order"]) >= order:
+            result = S.SCAN_PTE_MAPPED_HUGEPAGE
+            break
+        if folio not in isolated:
+            if p["locked"]:
+                result = S.SCAN_PAGE_LOCK
+                break
+            if not p["refcount_ok"]:
+                result = S.SCAN_PAGE_COUNT
+                break
+            if not p["lru"] or not ops.isolate_folio(folio):
+                result = S.SCAN_DEL_PAGE_LRU
+                break
+            isolated.append(folio)
+            cc.step(cc.costs.isolate_folio_ns)
+        if cc.is_khugepaged and (p["young"] or p["referenced"]):
+            referenced += 1
+    if result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
+        result = S.SCAN_LACK_REFERENCED_PAGE
+    if result is not S.SCAN_SUCCEED:
+        for folio in isolated:
+            ops.putback_folio(folio)
+        isolated = []
+    cc.tracer.emit("mm_collapse_huge_page_isolate", cc.now_ns, none_or_zero=none_or_zero,
+                   referenced=referenced, status=result.status, order=order)
+    return result, isolated
+
+
+@dataclass
+class CollapseAttempt:
+    """What one collapse_huge_page() call did, for reports and the machine's clock."""
+
+    mm: Any
+    address: int
+    order: int
+    result: ScanResult = S.SCAN_FAIL
+    t_start_ns: int = 0
+    t_end_ns: int = 0
+    # Simulated interval in which the PMD was cleared (guest walks there fault and wait).
+    pmd_cleared_ns: tuple[int, int] | None = None
+    steps: list[tuple[str, int]] = field(default_factory=list)
+    zero_filled: int = 0
+    flush_ns: int = 0
+
+
+def collapse_huge_page(ops: CollapseOps, mm: Any, address: int, referenced: int,
+                       unmapped: int, cc: CollapseControl, order: int) -> ScanResult:
+    """Collapse [address, address + 4K << order) into one new folio of that order."""
+    att = CollapseAttempt(mm, address, order, t_start_ns=cc.now_ns)
+    pmd_addr = address & HPAGE_PMD_MASK
+    nr = 1 << order
+    costs = cc.costs
+
+    def mark(name: str, t0: int) -> None:
+        att.steps.append((name, cc.now_ns - t0))
+
+    t = cc.now_ns
+    result, folio = alloc_charge_folio(ops, cc, order)
+    mark("alloc", t)
+    vma: VmaInfo | None = None
+    saved = None
+    isolated_ok = False
+    if result is S.SCAN_SUCCEED:
+        t = cc.now_ns
+        cc.step(costs.mmap_lock_ns)                       # mmap_read_lock
+        result, vma = hugepage_vma_revalidate(ops, mm, pmd_addr, True, cc, order)
+        if result is S.SCAN_SUCCEED:
+            result = find_pmd_or_thp_or_none(ops, mm, pmd_addr)
+        mark("revalidate", t)
+    if result is S.SCAN_SUCCEED and unmapped:
+        t = cc.now_ns
+        result = collapse_huge_page_swapin(ops, mm, vma, address, referenced, cc, order)
+        mark("swapin", t)
+    if result is S.SCAN_SUCCEED:
+        t = cc.now_ns
+        cc.step(2 * costs.mmap_lock_ns)                   # read unlock, write lock
+        result, vma = hugepage_vma_revalidate(ops, mm, pmd_addr, True, cc, order)
+        if result is S.SCAN_SUCCEED:
+            result = find_pmd_or_thp_or_none(ops, mm, pmd_addr)   # check_pmd_still_valid
+        cc.step(costs.anon_vma_lock_ns)
+        mark("mmap_write_lock", t)
+    if result is S.SCAN_SUCCEED:
+        t = cc.now_ns
+        cc.step(costs.mmu_notifier_ns + costs.pmd_lock_ns)
+        saved, flush_ns = ops.pmdp_collapse_flush(mm, vma, pmd_addr)
+        att.flush_ns = flush_ns if flush_ns else costs.flush_fallback_ns
+        cc.step(att.flush_ns)
+        cleared_at = t
+        mark("pmdp_collapse_flush", t)
+        t = cc.now_ns
+        ptes = ops.read_detached(saved, (address - pmd_addr) >> PAGE_SHIFT, nr)
+        result, isolated = collapse_huge_page_isolate(ops, mm, vma, address, ptes, cc, order)
+        mark("isolate", t)
+        if result is not S.SCAN_SUCCEED:
+            t = cc.now_ns
+            ops.pmd_populate(mm, pmd_addr, saved)        # rollback: the same table
+            cc.step(costs.rollback_ns)
+            mark("rollback", t)
+        else:
+            isolated_ok = True
+            t = cc.now_ns
+            first = (address - pmd_addr) >> PAGE_SHIFT
+            att.zero_filled = ops.collapse_copy(mm, saved, folio, first, nr)
+            cc.step(costs.copy_page_ns * (nr - att.zero_filled)
+                    + costs.zero_page_ns * att.zero_filled)
+            mark("copy", t)
+            t = cc.now_ns
+            if order == HPAGE_PMD_ORDER:
+                ops.install_pmd(mm, vma, pmd_addr, folio, saved)
+            else:
+                ops.install_ptes(mm, vma, address, folio, order, saved)
+            folio = None
+            cc.step(costs.install_ns + costs.pmd_lock_ns)
+            mark("install", t)
+        att.pmd_cleared_ns = (cleared_at, cc.now_ns)
+        cc.step(costs.mmap_lock_ns)                        # mmap_write_unlock
+    if folio is not None:
+        ops.free_folio(folio)
+    att.result = result
+    att.t_end_ns = cc.now_ns
+    cc.tracer.emit("mm_collapse_huge_page", cc.now_ns, mm=mm, isolated=isolated_ok,
+                   status=result.status, order=order, address=address, attempt=att)
+    return result
+
+
+def range_addr(pmd_addr: int, offset: int) -> int:
+    return pmd_addr + offset * PAGE_SIZE

@@ -1,0 +1,131 @@
+"""Kernel-differential: MADV_COLLAPSE on this host's kernel versus the emu kernel model.
+
+For each population pattern of one 2 MiB-aligned anonymous region, this process
+does it natively (ctypes: mmap, touch, madvise(MADV_COLLAPSE)) and reads back the
+return value and whether the region became PMD-mapped (smaps AnonHugePages); the
+emu Kernel model with collapse bound gets the same calls.  Both must agree.  The
+host kernel collapses to PMD only, as the model's MADV_COLLAPSE does.  Skipped,
+with the reason, where the host lacks MADV_COLLAPSE or THP.
+"""
+
+import ctypes
+import errno
+import os
+import sys
+
+import pytest
+
+from emu.kernel.collapse_kernel import bind_collapse
+from emu.kernel.config import ThpConfig
+from emu.kernel.kernel import Kernel
+from emu.mem.physmem import PhysMem
+
+PAGE = 4096
+PMD = 2 << 20
+MADV_NOHUGEPAGE = 15
+MADV_COLLAPSE = 25
+PROT_RW = 3
+MAP_PRIVATE_ANON = 0x22
+THP = "/sys/kernel/mm/transparent_hugepage"
+
+# (name, pages written, pages only read, advice before, length)
+PATTERNS = [
+    ("full", range(512), (), None, PMD),
+    ("single", range(1), (), None, PMD),
+    ("half", range(256), (), None, PMD),
+    ("sparse_every_64k", range(0, 512, 16), (), None, PMD),
+    ("empty", (), (), None, PMD),
+    ("read_only_zero_pages", (), range(512), None, PMD),
+    ("nohugepage", range(512), (), MADV_NOHUGEPAGE, PMD),
+    ("sub_pmd_range", range(512), (), None, PMD // 2),
+]
+
+
+def _host_ok() -> str | None:
+    if sys.platform != "linux" or not os.path.exists(f"{THP}/enabled"):
+        return "no transparent hugepage sysfs on this host"
+    if "[never]" in open(f"{THP}/enabled").read():
+        return "THP is disabled on this host (enabled=never)"
+    return None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+def _anon_huge_kb(addr: int) -> int:
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    return 0
+
+
+def _native(written, read, advice, length) -> tuple[int, bool]:
+    size = 2 * PMD
+    raw = _libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
+    assert raw not in (None, ctypes.c_void_p(-1).value)
+    try:
+        base = (raw + PMD - 1) & ~(PMD - 1)
+        if advice is not None:
+            _libc.madvise(base, PMD, advice)
+        for i in written:
+            ctypes.memset(base + i * PAGE, 1, 1)
+        for i in read:
+            ctypes.string_at(base + i * PAGE, 1)
+        ret = _libc.madvise(base, length, MADV_COLLAPSE)
+        ret = -ctypes.get_errno() if ret else 0
+        return ret, _anon_huge_kb(base) >= PMD // 1024
+    finally:
+        _libc.munmap(raw, size)
+
+
+def _host_thp_config() -> ThpConfig:
+    """The model gets the host's THP settings, so fault-time sizes match too."""
+    enabled = open(f"{THP}/enabled").read().split("[")[1].split("]")[0]
+    cfg = ThpConfig(enabled=enabled)
+    for kb in (16, 32, 64, 128, 256, 512, 1024, 2048):
+        path = f"{THP}/hugepages-{kb}kB/enabled"
+        if os.path.exists(path):
+            cfg.hugepages[kb] = open(path).read().split("[")[1].split("]")[0]
+    return cfg
+
+
+def _model(written, read, advice, length) -> tuple[int, bool]:
+    k = Kernel("x86_64", _host_thp_config(), None, PhysMem(32 << 20 >> 12))
+    bind_collapse(k)
+    k.new_mm(1)
+    base = 1 << 30
+    k.syscall(1, 0, "mmap", (0, 2 * PMD, PROT_RW, MAP_PRIVATE_ANON, (1 << 64) - 1, 0), base)
+    mm = k.mm(1)
+    if advice is not None:
+        k.syscall(1, 0, "madvise", (base, PMD, advice, 0, 0, 0), 0)
+    for i in written:
+        assert k.handle_mm_fault(1, 0, base + i * PAGE, 1, None)
+    for i in read:
+        assert k.handle_mm_fault(1, 0, base + i * PAGE, 0, None)
+    rec = k.madvise_collapse(mm, base, base + length)
+    return rec.ret, k.pt.pmd_is_leaf(k.pt.get_pmd(mm, base))
+
+
+@pytest.mark.parametrize("name,written,read,advice,length", PATTERNS,
+                         ids=[p[0] for p in PATTERNS])
+def test_madvise_collapse_matches_host_kernel(name, written, read, advice, length):
+    why = _host_ok()
+    if why:
+        pytest.skip(why)
+    full = _native(range(512), (), None, PMD)
+    if full[0] == -errno.EINVAL:
+        pytest.skip("host kernel has no MADV_COLLAPSE (EINVAL on a full PMD)")
+    host = _native(written, read, advice, length)
+    model = _model(written, read, advice, length)
+    assert model == host, f"{name}: host (ret, pmd_mapped)={host}, emu={model}"
