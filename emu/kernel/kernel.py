@@ -1,0 +1,236 @@
+"""The kernel model: mms, physical memory, faults, fork/COW, zap and the mm syscalls.
+
+One ``Kernel`` per simulated machine.  emu.machine drives it with
+``exec_mm``/``fork``/``exit_mm``/``syscall``/``handle_mm_fault``; the hardware
+walks the page tables it writes.  Every TLB flush goes through
+emu.kernel.tlbflush (skipped when ``hw`` is None, as in unit tests).
+
+The paths live in mixins, one file each, named for the kernel file they follow:
+rmap.py (folios, rmap, counters), memory.py (faults, COW), unmap.py (zap, PMD
+split, free_pgtables, MADV_FREE), fork.py, mprotect.py, mremap.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emu.arch import get_arch
+from emu.kernel import syscalls as _syscalls
+from emu.kernel.buddy import BuddyAllocator
+from emu.kernel.config import ThpConfig
+from emu.kernel.folio import Folio
+from emu.kernel.fork import ForkMixin
+from emu.kernel.memory import ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FaultMixin
+from emu.kernel.mm import MM
+from emu.kernel.mprotect import MprotectMixin
+from emu.kernel.mremap import MremapMixin
+from emu.kernel.pgtable import PageTableOps
+from emu.kernel.rmap import FolioMixin
+from emu.kernel.stats import VmStat
+from emu.kernel.unmap import UnmapMixin
+from emu.kernel.vma import VM_EXEC, VM_READ, VM_WRITE, VMA, vm_prot
+from emu.mem.physmem import PhysMem
+
+__all__ = ["ACCESS_EXEC", "ACCESS_READ", "ACCESS_WRITE", "Kernel", "vm_prot"]
+
+
+class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, MremapMixin):
+    """Linux's memory manager for the anonymous-THP questions emu asks."""
+
+    def __init__(self, arch_name: str, config: ThpConfig | None, hw, physmem: PhysMem,
+                 fragment: float = 0.0, fragment_max_order: int = 0, seed: int = 0) -> None:
+        self.arch = get_arch(arch_name)
+        self.config = config if config is not None else ThpConfig.kernel_defaults()
+        self.hw = hw
+        self.physmem = physmem
+        self.page_shift = self.arch.page_shift
+        self.page_size = 1 << self.page_shift
+        self.pmd_order = self.arch.pmd_order
+        self.buddy = BuddyAllocator(physmem.nr_frames, first_pfn=1)   # pfn 0 never handed out
+        self.stats = VmStat()
+        self.pt = PageTableOps(self.arch, physmem, self.buddy, self.stats, self._flush)
+        self.pt.folio_of_pfn = self.folio_of_pfn
+        self.folios: dict[int, Folio] = {}
+        self._head = np.full(physmem.nr_frames, -1, dtype=np.int64)
+        self.page_cache: dict[tuple[str, int], Folio] = {}
+        self.file_pages: dict[str, int] = {}    # files cached whole: their size in pages
+        self._pending_pie: dict[int, object] = {}   # pid -> static-PIE ELF awaiting its base
+        # /sys/kernel/debug/fault_around_bytes (default 64 KiB); page size disables it
+        self.fault_around_bytes = 65536
+        self.mms: dict[int, MM] = {}
+        self._next_asid = 1
+        self.current_cpu: int | None = None     # the vCPU whose fault/syscall runs now
+        # MADV_COLLAPSE handler (mm, start, end) -> result; set by whoever binds
+        # emu.kernel.madvise_collapse to this kernel.  None: MADV_COLLAPSE is ignored.
+        self.madvise_collapse_handler = None
+        # set to a list to record every COW write fault as (pid, va, 'copy'|'reuse')
+        self.cow_log: list[tuple[int, int, str]] | None = None
+        zp = self.buddy.alloc(0)
+        assert zp is not None
+        physmem.zero(zp)
+        self.zero_pfn = zp
+        self.huge_zero_pfn: int | None = None
+        if fragment:
+            self.buddy.fragment(fragment, fragment_max_order, seed)
+
+    # ===== public views ===========================================================
+
+    @property
+    def vmstat(self) -> dict[str, int]:
+        return dict(self.stats.vmstat)
+
+    @property
+    def mthp_stats(self) -> dict[int, dict[str, int]]:
+        return {kb: dict(d) for kb, d in self.stats.mthp.items()}
+
+    @property
+    def nr_free_frames(self) -> int:
+        return self.buddy.nr_free
+
+    def cpu_of(self, vcpu: int) -> int:
+        """The hardware CPU a vCPU runs on (vCPU n on CPU n mod nr_cpus, as emu.machine)."""
+        n = getattr(self.hw, "nr_cpus", 0)
+        return vcpu % n if n else vcpu
+
+    def mm(self, pid: int) -> MM:
+        return self.mms[pid]
+
+    # ===== TLB ======================================================================
+
+    def _flush(self, mm: MM, start: int, end: int, stride_shift: int, last_level: bool) -> None:
+        """flush_tlb_range() of the mm through emu.kernel.tlbflush (none without hw)."""
+        if self.hw is None:
+            return
+        from emu.kernel import tlbflush
+        st = tlbflush.flush_tlb_range(self.hw, mm.asid, set(mm.cpumask), start, end,
+                                      stride_shift, last_level, this_cpu=self.current_cpu)
+        self._count_flush(st)
+
+    def _flush_mm(self, mm: MM) -> None:
+        if self.hw is None:
+            return
+        from emu.kernel import tlbflush
+        self._count_flush(tlbflush.flush_tlb_mm(self.hw, mm.asid, set(mm.cpumask),
+                                                this_cpu=self.current_cpu))
+
+    def _count_flush(self, st) -> None:
+        if isinstance(st, dict):
+            for name, n in st.items():
+                self.stats.count_vm_event(name, n)
+
+    # ===== mm lifecycle ===========================================================
+
+    def _new_mm(self, pid: int) -> MM:
+        if pid in self.mms:
+            self.exit_mm(pid)
+        asid = self._next_asid
+        self._next_asid += 1
+        mm = MM(pid=pid, asid=asid, pgd_pfn=0)
+        mm.pgd_pfn = self.pt.alloc_table(mm)
+        self.mms[pid] = mm
+        return mm
+
+    def exec_mm(self, pid: int, elf_info, bias: int | None = None) -> MM:
+        """A fresh mm with the ELF's PT_LOAD mappings and an empty brk heap.
+
+        A position-independent ELF is loaded by QEMU at a base the plugin does not
+        report: with ``bias`` None a static PIE's mappings are placed at the first
+        instruction fetch outside any VMA, taken as the entry point's page; a
+        dynamic PIE (whose first fetches are the interpreter's) is not mapped.
+        """
+        mm = self._new_mm(pid)
+        if bias is None:
+            if getattr(elf_info, "is_pie", False):
+                if getattr(elf_info, "interp", None) is None:
+                    self._pending_pie[pid] = elf_info
+                # a dynamic PIE's base is unknown too: its pages become implicit VMAs
+                return mm
+            bias = 0
+        self._map_elf(mm, elf_info, bias)
+        return mm
+
+    def _map_elf(self, mm: MM, elf_info, bias: int) -> None:
+        path = str(getattr(elf_info, "path", "elf"))
+        size = max((s.offset + s.filesz for s in getattr(elf_info, "segments", ())), default=0)
+        self.file_pages[path] = (size + self.page_size - 1) >> self.page_shift
+        for seg in getattr(elf_info, "segments", ()):
+            flags = (VM_READ if seg.readable else 0) | (VM_WRITE if seg.writable else 0) \
+                | (VM_EXEC if seg.executable else 0)
+            for start, end, kind in seg.vmas(bias):
+                if kind == "file":
+                    name = "text" if seg.executable else ("data" if seg.writable else "rodata")
+                    vma = VMA(start, end, flags, "file", name, path,
+                              (seg.offset - (seg.vaddr + bias - start)) >> self.page_shift)
+                else:
+                    vma = VMA(start, end, flags, "anon", "bss")
+                for old in mm.vmas.carve(start, end):   # a later PT_LOAD maps over (MAP_FIXED)
+                    mm.vmas.remove(old)
+                mm.vmas.insert(vma)
+        brk = int(getattr(elf_info, "brk", 0)) + bias
+        mm.start_brk = mm.brk = brk
+
+    def new_mm(self, pid: int) -> MM:
+        """An empty mm (tests, or a process whose ELF is unknown)."""
+        return self._new_mm(pid)
+
+    def exit_mm(self, pid: int) -> None:
+        """exit_mmap(): zap everything, free every page table, drop the mm."""
+        mm = self.mms.pop(pid, None)
+        self._pending_pie.pop(pid, None)
+        if mm is None:
+            return
+        mm.exited = True
+        if self.khugepaged is not None and hasattr(self.khugepaged, "exit"):
+            self.khugepaged.exit(mm)                # khugepaged_exit() in __mmput()
+        for vma in list(mm.vmas):
+            self.zap_range(mm, vma.start, vma.end, flush=False)
+            mm.vmas.remove(vma)
+        self._free_table_tree(mm, mm.pgd_pfn, 0)
+        for pfn in list(mm.deposit.values()):
+            self.pt.free_table(mm, pfn, pte_level=True)
+        mm.deposit.clear()
+        self._flush_mm(mm)
+
+
+
+
+
+
+    def syscall(self, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> None:
+        """Apply a memory syscall as the guest saw it complete (ret from QEMU)."""
+        _syscalls.apply(self, pid, cpu, name, args, ret)
+
+    # ===== hooks for khugepaged / MADV_COLLAPSE (other files of this room) ===================
+
+    # set by the khugepaged binding: enter(mm) on MADV_HUGEPAGE, exit(mm) in exit_mm,
+    # fork(child, parent) in fork (the kernel's khugepaged_enter_vma/_exit/_fork hooks)
+    khugepaged = None
+
+    @property
+    def swap(self):
+        """The swap device of the khugepaged/swap binding (emu.kernel.swap.SwapSpace),
+        or None: without it no swap entry is ever created."""
+        ops = getattr(self.khugepaged, "ops", None)
+        return getattr(ops, "swap", None)
+
+    def _swap_entry_gone(self, mm: MM, d: int) -> None:
+        """A swap PTE was zapped: swap_free() its slot, MM_SWAPENTS - 1."""
+        if self.arch.is_swap(d):
+            mm.add_counter("MM_SWAPENTS", -1)
+            if self.swap is not None:
+                self.swap.free(self.arch.swp_offset(d))
+
+    def khugepaged_enter(self, mm: MM) -> None:
+        if self.khugepaged is not None and hasattr(self.khugepaged, "enter"):
+            self.khugepaged.enter(mm)
+
+    def madvise_pageout(self, mm: MM, start: int, end: int) -> int:
+        """MADV_PAGEOUT through the swap binding (emu.kernel.collapse_kernel.pageout)."""
+        fn = getattr(self.khugepaged, "pageout", None)
+        return fn(mm, start, end) if fn is not None else 0
+
+    def madvise_collapse(self, mm: MM, start: int, end: int):
+        """MADV_COLLAPSE through ``madvise_collapse_handler`` when one is bound."""
+        if self.madvise_collapse_handler is None:
+            return None
+        return self.madvise_collapse_handler(mm, start, end)
