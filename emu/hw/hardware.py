@@ -1,0 +1,340 @@
+"""The hardware model's Python face: per-vCPU TLBs and walk caches built from a profile.
+
+The machine calls :meth:`Hardware.run` with slices of event batches; only a
+fault (``hw.fault``) or the end of the slice returns.  The kernel model calls
+the flush primitives, through emu.kernel.tlbflush, which applies Linux's policy.
+Nothing here allocates frames or decides policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from emu.arch import SIZE_NAMES, Arch
+from emu.arch.profile import Profile
+from emu.hw import kernels as K
+from emu.mem import PhysMem
+
+FAULT_REASONS = {
+    K.FAULT_NOT_PRESENT: "not-present",
+    K.FAULT_WRITE_PROTECT: "write-protect",
+    K.FAULT_EXEC: "exec",
+    K.FAULT_USER: "user",
+    K.FAULT_ACCESS_FLAG: "access-flag",
+    K.FAULT_BAD_TABLE: "bad-table",
+    K.FAULT_RESERVED: "reserved",
+}
+KIND_NAMES = ("read", "write", "fetch")
+
+# Flush primitives, counted by kind for the issuing vCPU and for every target.
+FLUSH_KINDS = (
+    "invlpg", "invpcid_single", "invpcid_asid", "invpcid_all", "cr3_flush", "ipi",
+    "tlbi_vae1is", "tlbi_vale1is", "tlbi_rvae1is", "tlbi_rvale1is", "tlbi_aside1is",
+    "tlbi_vmalle1is", "flush_all",
+)
+_FK = {k: i for i, k in enumerate(FLUSH_KINDS)}
+MAX_ASID = 0xFFFF
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Why a translation stopped: the kernel model's fault handler gets this."""
+
+    va: int
+    kind: str          # read | write | fetch
+    level: int         # 0 = top (PML4 / L0) .. 3 = PTE
+    reason: str        # not-present | write-protect | exec | user | access-flag | ...
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind == "write"
+
+
+def tlbi_range_pages(scale: int, num: int) -> int:
+    """Pages one FEAT_TLBIRANGE operation covers: (NUM+1) * 2^(5*SCALE+1)."""
+    return (num + 1) << (5 * scale + 1)
+
+
+def _setmask(sets: int) -> int:
+    return sets - 1 if sets & (sets - 1) == 0 else -1
+
+
+class Hardware:
+    """TLB hierarchies, walk caches and the walker for ``nr_cpus`` vCPUs."""
+
+    def __init__(self, arch: Arch, profile: Profile, physmem: PhysMem, nr_cpus: int) -> None:
+        if profile.arch != arch.name:
+            raise ValueError(f"profile {profile.name} is for {profile.arch}, not {arch.name}")
+        if nr_cpus < 1:
+            raise ValueError("nr_cpus must be >= 1")
+        self.arch = arch
+        self.profile = profile
+        self.physmem = physmem
+        self.nr_cpus = nr_cpus
+        tl = profile.tlbs
+        self.st_sets = np.array([t.sets for t in tl], dtype=np.int64)
+        self.st_ways = np.array([t.ways for t in tl], dtype=np.int64)
+        self.st_setmask = np.array([_setmask(t.sets) for t in tl], dtype=np.int64)
+        self.st_sizes = np.array([sum(1 << z for z in t.sizes) for t in tl], dtype=np.int64)
+        self.st_base = np.zeros(len(tl), dtype=np.int64)
+        self.st_base[1:] = np.cumsum(self.st_sets * self.st_ways)[:-1]
+        n_entries = int((self.st_sets * self.st_ways).sum())
+        self._build_probes()
+        self.tag = np.zeros((nr_cpus, n_entries), dtype=np.uint64)
+        self.data = np.zeros((nr_cpus, n_entries), dtype=np.uint64)
+        self.stamp = np.zeros((nr_cpus, n_entries), dtype=np.int64)
+        self.occ = np.zeros((nr_cpus, 6 * len(tl)), dtype=np.int64)
+        self.ent_struct = np.repeat(np.arange(len(tl), dtype=np.int64),
+                                    self.st_sets * self.st_ways)
+        self.clock = np.zeros((nr_cpus, 1), dtype=np.int64)
+        # Walk caches: one array per cached level 0..2 (absent = 0 ways).
+        self.p_sets = np.ones(3, dtype=np.int64)
+        self.p_ways = np.zeros(3, dtype=np.int64)
+        for c in profile.pscs:
+            self.p_sets[c.level] = c.sets
+            self.p_ways[c.level] = c.ways
+        self.p_setmask = np.array([_setmask(int(s)) for s in self.p_sets], dtype=np.int64)
+        self.p_base = np.zeros(3, dtype=np.int64)
+        self.p_base[1:] = np.cumsum(self.p_sets * self.p_ways)[:-1]
+        p_entries = max(1, int((self.p_sets * self.p_ways).sum()))
+        self.ptag = np.zeros((nr_cpus, p_entries), dtype=np.uint64)
+        self.pdata = np.zeros((nr_cpus, p_entries), dtype=np.uint64)
+        self.pstamp = np.zeros((nr_cpus, p_entries), dtype=np.int64)
+        self.cnt = np.zeros((nr_cpus, K.NR_COUNTERS), dtype=np.int64)
+        # Row nr_cpus counts operations issued by a CPU that is no vCPU (khugepaged's).
+        self.flush_issued = np.zeros((nr_cpus + 1, len(FLUSH_KINDS)), dtype=np.int64)
+        self.flush_received = np.zeros((nr_cpus, len(FLUSH_KINDS)), dtype=np.int64)
+        self.entries_flushed = np.zeros(nr_cpus, dtype=np.int64)
+        self._fault = np.zeros(4, dtype=np.int64)
+        self._no_pfn = np.zeros(0, dtype=np.int64)
+        self.fault: Fault | None = None
+        self._hafdbs = bool(profile.hafdbs) if arch.name == "arm64" else True
+        self._coalesce = int(profile.coalesce) if arch.name == "x86_64" else 0
+
+    def _build_probes(self) -> None:
+        """Flatten (side, level) -> [(array, size)] lookups and size -> fill target."""
+        rows: list[list[int]] = []
+        self.pr_off = np.zeros(5, dtype=np.int64)
+        self.fill_sel = np.full((4, 6), -1, dtype=np.int64)
+        for side, want in ((0, "instr"), (1, "data")):
+            for lvl in (1, 2):
+                q = side * 2 + lvl - 1
+                first_row = len(rows)
+                for s, t in enumerate(self.profile.tlbs):
+                    if t.level != lvl or t.side not in (want, "unified"):
+                        continue
+                    for z in sorted(t.sizes):
+                        rows.append([int(self.st_base[s]), t.ways, t.sets - 1,
+                                     int(K.SIZE_SHIFTS[z]), z, s * 6 + z])
+                for size in range(6):
+                    best = -1
+                    for j in range(first_row, len(rows)):
+                        z = rows[j][K.P_SIZE]
+                        if z <= size and (best < 0 or z > rows[best][K.P_SIZE]):
+                            best = j
+                    self.fill_sel[q, size] = best
+                self.pr_off[q + 1] = len(rows)
+        rows = rows or [[0, 0, 0, 12, 0, 0]]
+        self.probes = np.array(rows, dtype=np.int64).reshape(-1, K.P_FIELDS)
+
+    # ------------------------------------------------------------------ replay
+    def run(self, cpu: int, asid: int, root_pfn: int, kinds: np.ndarray, addrs: np.ndarray,
+            counts: np.ndarray, start: int = 0, stop: int | None = None,
+            out_pfn: np.ndarray | None = None) -> int:
+        """Translate events [start, stop) on ``cpu``; index of the first fault, or ``stop``.
+
+        ``out_pfn`` (int64, len >= stop), if given, receives the 4 KiB frame each
+        translated event reached.
+        """
+        if stop is None:
+            stop = len(kinds)
+        if not 0 <= asid <= MAX_ASID:
+            raise ValueError(f"asid {asid} out of range")
+        store = self.physmem.pgtables
+        self.fault = None
+        i = K.run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid,
+                         self.arch.arch_id, self._hafdbs, self._coalesce,
+                         store.tables, store.slot_of_pfn, self.tag[cpu], self.data[cpu],
+                         self.stamp[cpu], self.occ[cpu], self.clock[cpu], self.probes, self.pr_off,
+                         self.fill_sel, self.ptag[cpu], self.pdata[cpu], self.pstamp[cpu],
+                         self.p_base, self.p_sets, self.p_setmask, self.p_ways, self.cnt[cpu],
+                         self._fault, self._no_pfn if out_pfn is None else out_pfn)
+        if i < stop:
+            f = self._fault
+            self.fault = Fault(int(f[0]), KIND_NAMES[int(f[1])], int(f[2]),
+                               FAULT_REASONS.get(int(f[3]), str(int(f[3]))))
+        return int(i)
+
+    def access(self, cpu: int, asid: int, root_pfn: int, va: int, kind: int = 0,
+               count: int = 1) -> int | None:
+        """One access (tests, debugging): the 4 KiB frame reached, or None on a fault."""
+        kinds = np.array([kind], dtype=np.uint8)
+        addrs = np.array([va & ~0xFFF], dtype=np.uint64)
+        counts = np.array([count], dtype=np.uint64)
+        out = np.full(1, -1, dtype=np.int64)
+        return None if self.run(cpu, asid, root_pfn, kinds, addrs, counts, 0, 1, out) == 0 \
+            else int(out[0])
+
+    def probe(self, cpu: int, asid: int, va: int) -> tuple[int, str] | None:
+        """What the TLBs of ``cpu`` hold for ``va`` now (frame, size), without touching LRU."""
+        tag = self.tag[cpu]
+        for s in range(len(self.profile.tlbs)):
+            e = K.lookup(tag, self.st_base, self.st_sets, self.st_setmask, self.st_ways,
+                         self.st_sizes, s, va, asid)
+            if e >= 0:
+                size = int((int(tag[e]) >> K.TAG_SIZE_SHIFT) & 7)
+                off = (va >> 12) & ((1 << (K.SIZE_SHIFTS[size] - 12)) - 1)
+                return int(self.data[cpu, e] >> np.uint64(12)) + off, SIZE_NAMES[size]
+        return None
+
+    # ------------------------------------------------------------- flushes
+    def _count(self, kind: str, src: int | None, targets) -> None:
+        k = _FK[kind]
+        self.flush_issued[self.nr_cpus if src is None else src, k] += 1
+        for t in targets:
+            self.flush_received[t, k] += 1
+
+    def _inval_va(self, cpu: int, va: int, asid: int, any_asid: bool, leaf_only: bool) -> None:
+        n = K.inval_va(self.tag[cpu], self.occ[cpu], self.st_base, self.st_sets,
+                       self.st_setmask, self.st_ways, self.st_sizes, va, asid, any_asid)
+        self.entries_flushed[cpu] += n
+        if not leaf_only:
+            K.psc_inval_range(self.ptag[cpu], self.p_base, self.p_sets, self.p_ways,
+                              va, va + 1, asid, any_asid)
+
+    def _inval_asid(self, cpu: int, asid: int) -> None:
+        self.entries_flushed[cpu] += K.inval_asid(self.tag[cpu], asid)
+        K.recount(self.tag[cpu], self.ent_struct, self.occ[cpu])
+        K.inval_asid(self.ptag[cpu], asid)
+
+    def _inval_all(self, cpu: int) -> None:
+        self.entries_flushed[cpu] += int(np.count_nonzero(self.tag[cpu]))
+        self.tag[cpu] = 0
+        self.occ[cpu] = 0
+        self.ptag[cpu] = 0
+
+    def _all(self) -> range:
+        return range(self.nr_cpus)
+
+    # x86: local operations; remote CPUs are reached by IPIs (emu.kernel.tlbflush).
+    def invlpg(self, cpu: int, va: int, asid: int | None = None) -> None:
+        """INVLPG: the page's entries on ``cpu`` (for one PCID, or all PCIDs if None).
+
+        Paging-structure caches of that PCID are dropped whole, as the SDM allows.
+        """
+        self._require("x86_64")
+        self._count("invlpg", cpu, (cpu,))
+        n = K.inval_va(self.tag[cpu], self.occ[cpu], self.st_base, self.st_sets,
+                       self.st_setmask, self.st_ways, self.st_sizes, va, asid or 0,
+                       asid is None)
+        self.entries_flushed[cpu] += n
+        if asid is None:
+            self.ptag[cpu] = 0
+        else:
+            K.inval_asid(self.ptag[cpu], asid)
+
+    def invpcid_single(self, cpu: int, asid: int, va: int) -> None:
+        """INVPCID type 0: one address in one PCID."""
+        self._require("x86_64")
+        self._count("invpcid_single", cpu, (cpu,))
+        self._inval_va(cpu, va, asid, False, False)
+
+    def invpcid_asid(self, cpu: int, asid: int) -> None:
+        """INVPCID type 1: every entry of one PCID."""
+        self._require("x86_64")
+        self._count("invpcid_asid", cpu, (cpu,))
+        self._inval_asid(cpu, asid)
+
+    def invpcid_all(self, cpu: int) -> None:
+        """INVPCID type 2/3: every PCID on ``cpu``."""
+        self._require("x86_64")
+        self._count("invpcid_all", cpu, (cpu,))
+        self._inval_all(cpu)
+
+    def cr3_flush(self, cpu: int, asid: int) -> None:
+        """MOV CR3 without the no-flush bit: the PCID's non-global entries."""
+        self._require("x86_64")
+        self._count("cr3_flush", cpu, (cpu,))
+        self._inval_asid(cpu, asid)
+
+    def ipi(self, src: int | None, dst: int) -> None:
+        """Count a TLB-shootdown IPI (the flush it carries is issued on ``dst``)."""
+        self._count("ipi", src, (dst,))
+
+    # arm64: Inner-Shareable TLBIs broadcast to every vCPU.
+    def tlbi_vae1is(self, cpu: int | None, asid: int, va: int) -> None:
+        """TLBI VAE1IS: all levels (walk caches too) for va/ASID, on every CPU."""
+        self._require("arm64")
+        self._count("tlbi_vae1is", cpu, self._all())
+        for t in self._all():
+            self._inval_va(t, va, asid, False, False)
+
+    def tlbi_vale1is(self, cpu: int | None, asid: int, va: int) -> None:
+        """TLBI VALE1IS: last-level entries only; walk caches survive."""
+        self._require("arm64")
+        self._count("tlbi_vale1is", cpu, self._all())
+        for t in self._all():
+            self._inval_va(t, va, asid, False, True)
+
+    def tlbi_rvae1is(self, cpu: int | None, asid: int, va: int, scale: int, num: int,
+                     last_level: bool = False) -> int:
+        """TLBI RVAE1IS / RVALE1IS (FEAT_TLBIRANGE); returns the pages covered."""
+        self._require("arm64")
+        if not self.profile.tlbi_range:
+            raise ValueError(f"profile {self.profile.name} has no FEAT_TLBIRANGE")
+        if not (0 <= scale <= 3 and 0 <= num <= 31):
+            raise ValueError("TLBI range: scale 0..3, num 0..31")
+        pages = tlbi_range_pages(scale, num)
+        end = va + (pages << 12)
+        self._count("tlbi_rvale1is" if last_level else "tlbi_rvae1is", cpu, self._all())
+        for t in self._all():
+            self.entries_flushed[t] += K.inval_range(self.tag[t], va, end, asid, False)
+            K.recount(self.tag[t], self.ent_struct, self.occ[t])
+            if not last_level:
+                K.psc_inval_range(self.ptag[t], self.p_base, self.p_sets, self.p_ways,
+                                  va, end, asid, False)
+        return pages
+
+    def tlbi_aside1is(self, cpu: int | None, asid: int) -> None:
+        """TLBI ASIDE1IS: every entry of the ASID, on every CPU."""
+        self._require("arm64")
+        self._count("tlbi_aside1is", cpu, self._all())
+        for t in self._all():
+            self._inval_asid(t, asid)
+
+    def tlbi_vmalle1is(self, cpu: int | None) -> None:
+        """TLBI VMALLE1IS: everything, on every CPU."""
+        self._require("arm64")
+        self._count("tlbi_vmalle1is", cpu, self._all())
+        for t in self._all():
+            self._inval_all(t)
+
+    def flush_all(self) -> None:
+        """Empty every TLB and walk cache of every vCPU (machine reset, tests)."""
+        self._count("flush_all", 0, self._all())
+        for t in self._all():
+            self._inval_all(t)
+
+    def _require(self, arch: str) -> None:
+        if self.arch.name != arch:
+            raise ValueError(f"{arch} flush primitive on an {self.arch.name} machine")
+
+    # ------------------------------------------------------------ counters
+    def counters(self, cpu: int) -> dict[str, int]:
+        """This vCPU's counters, under the names perf and the PMU manuals use."""
+        from emu.hw.counters import name_counters
+        return name_counters(self, self.cnt[cpu], self.flush_issued[cpu],
+                             self.flush_received[cpu], int(self.entries_flushed[cpu]))
+
+    def totals(self) -> dict[str, int]:
+        from emu.hw.counters import name_counters
+        return name_counters(self, self.cnt.sum(axis=0), self.flush_issued.sum(axis=0),
+                             self.flush_received.sum(axis=0), int(self.entries_flushed.sum()))
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the model's own arrays (page tables excluded)."""
+        arrs = (self.tag, self.data, self.stamp, self.ptag, self.pdata, self.pstamp, self.cnt,
+                self.flush_issued, self.flush_received)
+        return int(sum(a.nbytes for a in arrs))

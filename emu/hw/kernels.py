@@ -1,0 +1,645 @@
+"""numba kernels of the hardware model: TLB lookup/fill, paging-structure caches, the walker.
+
+Layout (struct of arrays, one row per vCPU):
+
+* TLB entries of every array of a profile live side by side in ``tag``/``data``/
+  ``stamp`` rows; array ``s`` owns entries ``base[s] .. base[s] + sets[s]*ways[s]``,
+  entry ``base + set*ways + way``.
+* ``tag`` = VALID | vpn << 20 | size << 16 | asid, where vpn is the VA shifted by
+  the entry's page size; 0 is an empty entry.
+* ``data`` = frame of the entry's first 4 KiB page << 12 | F_* flags.
+* ``stamp`` = the vCPU's access clock at the last use: replacement is true LRU
+  (an empty way first, else the smallest stamp).
+* Paging-structure caches use the same layout in ``psc_*`` arrays, one array
+  per cached level; the tag's vpn is the VA prefix down to that level and
+  ``data`` holds the frame of the next-level table plus the x86 permissions
+  accumulated so far.
+
+* ``occ[array * 6 + size]`` counts valid entries per (array, size) so lookups
+  skip sizes an array holds none of.
+
+Kernels are compiled with ``_nrt=False``: they never allocate, and without
+NRT numba passes arrays to helpers with no reference counting (which made the
+hit path 5x slower).  Everything here assumes validated input; emu.hw.hardware
+checks it.
+"""
+
+import numpy as np
+from numba import njit
+
+from emu.arch import arm64 as A64
+from emu.arch import x86_64 as X86
+
+VALID_TAG = np.uint64(1 << 63)
+TAG_VPN_SHIFT = 20
+TAG_SIZE_SHIFT = 16
+ASID_MASK = 0xFFFF
+
+# Entry flags (low 12 bits of data).
+F_W = 1          # writes permitted (possibly after a dirty update)
+F_X = 2          # instruction fetch permitted
+F_DIRTY = 4      # writes need no descriptor update (x86 D=1, arm64 AP[2]=0)
+F_COAL = 8       # formed from several descriptors (contpte / coalesced)
+
+# Access kinds (emu.trace.events).
+K_READ = 0
+K_WRITE = 1
+K_FETCH = 2
+
+# Fault reasons (kernel names where the kernel has them).
+FAULT_NONE = 0
+FAULT_NOT_PRESENT = 1      # translation fault: descriptor invalid at `level`
+FAULT_WRITE_PROTECT = 2    # permission fault on a write
+FAULT_EXEC = 3             # instruction fetch from NX/UXN memory
+FAULT_USER = 4             # user access to a supervisor-only mapping
+FAULT_ACCESS_FLAG = 5      # arm64 AF=0 without FEAT_HAFDBS
+FAULT_BAD_TABLE = 6        # a table descriptor points at a frame that is not a page table
+FAULT_RESERVED = 7         # a descriptor encoding the architecture reserves
+
+SIZE_SHIFTS = np.array([12, 14, 16, 21, 25, 30], dtype=np.int64)
+LEVEL_SHIFTS = np.array([39, 30, 21, 12], dtype=np.int64)
+
+# Per-vCPU counters (index constants; emu.hw.counters names them).
+C_LOADS = 0
+C_STORES = 1
+C_FETCHES = 2
+C_L1D_LOAD_MISS = 3
+C_L1D_STORE_MISS = 4
+C_L1I_MISS = 5
+C_L2_LOAD_HIT = 6
+C_L2_STORE_HIT = 7
+C_L2_FETCH_HIT = 8
+C_WALK_LOAD = 9        # + size code (6)
+C_WALK_STORE = 15      # + size code
+C_WALK_FETCH = 21      # + size code
+C_WALK_REFS = 27       # + level (4)
+C_PSC_HIT = 31         # + cached level (3)
+C_PSC_MISS = 34
+C_FAULTS = 35
+C_A_SET = 36
+C_D_SET = 37
+C_DIRTY_ASSIST = 38
+C_PERM_REWALK = 39
+C_COAL_FILLS = 40
+C_WALKS_FAULTED = 41
+C_L1D_LOADS = 42       # lookups (records), not accesses
+C_L1D_STORES = 43
+C_L1I_LOOKUPS = 44
+NR_COUNTERS = 48
+
+X86_ATTR_MASK = np.uint64(X86.ATTR_COMPARE_MASK)
+A64_ATTR_MASK = np.uint64(A64.ATTR_COMPARE_MASK)
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _set_of(vpn, sets, setmask):
+    # Set counts are powers of two (emu.arch.profile checks): no division on the hot path.
+    return vpn & setmask
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def lookup(tag, st_base, st_sets, st_setmask, st_ways, st_sizes, s, va, asid):
+    """Entry index in array ``s`` translating ``va`` for ``asid``, or -1."""
+    base = st_base[s]
+    ways = st_ways[s]
+    sizes = st_sizes[s]
+    for size in range(6):
+        if not (sizes >> size) & 1:
+            continue
+        vpn = va >> SIZE_SHIFTS[size]
+        t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (size << TAG_SIZE_SHIFT) | asid)
+        e0 = base + _set_of(vpn, st_sets[s], st_setmask[s]) * ways
+        for e in range(e0, e0 + ways):
+            if tag[e] == t:
+                return e
+    return -1
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def psc_lookup(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, level, va, asid):
+    """Entry caching the level-``level`` table descriptor for ``va``, or -1."""
+    if p_ways[level] == 0:
+        return -1
+    vpn = va >> LEVEL_SHIFTS[level]
+    t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | asid)
+    ways = p_ways[level]
+    e0 = p_base[level] + _set_of(vpn, p_sets[level], p_setmask[level]) * ways
+    for e in range(e0, e0 + ways):
+        if ptag[e] == t:
+            pstamp[e] = clock
+            return e
+    return -1
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def psc_fill(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, level, va, asid,
+             value):
+    if p_ways[level] == 0:
+        return
+    vpn = va >> LEVEL_SHIFTS[level]
+    t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | asid)
+    ways = p_ways[level]
+    e0 = p_base[level] + _set_of(vpn, p_sets[level], p_setmask[level]) * ways
+    victim = e0
+    oldest = np.int64(0x7FFFFFFFFFFFFFFF)
+    for e in range(e0, e0 + ways):
+        if ptag[e] == t or ptag[e] == 0:
+            victim = e
+            break
+        if pstamp[e] < oldest:
+            oldest = pstamp[e]
+            victim = e
+    ptag[victim] = t
+    pdata[victim] = value
+    pstamp[victim] = clock
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _group_ok(tables, slot, idx, d, n, arch_id):
+    """The n aligned descriptors around ``idx`` map n contiguous, aligned frames alike."""
+    b = idx & ~(n - 1)
+    if arch_id == 0:
+        pfn = (d & np.uint64(X86.PFN_MASK)) >> 12
+        mask = X86_ATTR_MASK
+    else:
+        pfn = (d & np.uint64(A64.OA_MASK)) >> 12
+        mask = A64_ATTR_MASK
+    first = pfn - np.uint64(idx - b)
+    if first & np.uint64(n - 1):
+        return False
+    for j in range(n):
+        e = tables[slot, b + j]
+        if arch_id == 0:
+            if not e & np.uint64(X86.P):
+                return False
+            epfn = (e & np.uint64(X86.PFN_MASK)) >> 12
+        else:
+            if (e & np.uint64(3)) != np.uint64(3) or not e & np.uint64(A64.CONT):
+                return False
+            epfn = (e & np.uint64(A64.OA_MASK)) >> 12
+        if epfn != first + np.uint64(j) or (e & mask) != (d & mask):
+            return False
+        if arch_id == 0 and not e & np.uint64(X86.A):
+            return False     # [U] only accessed PTEs coalesce: keeps per-PTE A exact
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesce,
+         ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, cnt, fault):
+    """Translate ``va`` through the page tables, updating A/D (x86) or AF/DBM (arm64).
+
+    Returns (size, first pfn of the mapping at that size, F_* flags) or size -1
+    after filling ``fault`` = [va, kind, level, reason].
+    """
+    table_pfn = root_pfn
+    start = 0
+    # x86 permissions accumulated over the upper levels: bit0 RW, bit1 US, bit2 NX.
+    acc = 3
+    for lvl in range(2, -1, -1):
+        e = psc_lookup(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways,
+                       lvl, va, asid)
+        if e >= 0:
+            cnt[C_PSC_HIT + lvl] += 1
+            table_pfn = np.int64(pdata[e] >> np.uint64(12))
+            acc = np.int64(pdata[e] & np.uint64(7))
+            start = lvl + 1
+            break
+    if start == 0:
+        cnt[C_PSC_MISS] += 1
+    for lvl in range(start, 4):
+        slot = slot_of_pfn[table_pfn] if table_pfn < slot_of_pfn.shape[0] else -1
+        if slot < 0:
+            fault[0] = va
+            fault[1] = kind
+            fault[2] = lvl
+            fault[3] = FAULT_BAD_TABLE
+            return -1, 0, 0
+        idx = (va >> LEVEL_SHIFTS[lvl]) & 511
+        d = tables[slot, idx]
+        cnt[C_WALK_REFS + lvl] += 1
+        reason = FAULT_NONE
+        if arch_id == 0:
+            if not d & np.uint64(X86.P):
+                reason = FAULT_NOT_PRESENT
+            elif lvl < 3 and not d & np.uint64(X86.PS):
+                if not d & np.uint64(X86.A):
+                    tables[slot, idx] = d | np.uint64(X86.A)
+                    cnt[C_A_SET] += 1
+                if not d & np.uint64(X86.RW):
+                    acc &= ~1
+                if not d & np.uint64(X86.US):
+                    acc &= ~2
+                if d & np.uint64(X86.NX):
+                    acc |= 4
+                table_pfn = np.int64((d & np.uint64(X86.PFN_MASK)) >> np.uint64(12))
+                if lvl < 3:
+                    psc_fill(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways,
+                             lvl, va, asid, np.uint64((table_pfn << 12) | acc))
+                continue
+            elif lvl == 0:
+                reason = FAULT_RESERVED      # PS is reserved in a PML4E
+            else:
+                rw = (acc & 1) and (d & np.uint64(X86.RW))
+                us = (acc & 2) and (d & np.uint64(X86.US))
+                nx = (acc & 4) or (d & np.uint64(X86.NX))
+                if not us:
+                    reason = FAULT_USER
+                elif kind == K_WRITE and not rw:
+                    reason = FAULT_WRITE_PROTECT
+                elif kind == K_FETCH and nx:
+                    reason = FAULT_EXEC
+                else:
+                    nd = d | np.uint64(X86.A)
+                    if kind == K_WRITE:
+                        nd |= np.uint64(X86.D)
+                    if nd != d:
+                        if not d & np.uint64(X86.A):
+                            cnt[C_A_SET] += 1
+                        if (nd ^ d) & np.uint64(X86.D):
+                            cnt[C_D_SET] += 1
+                        tables[slot, idx] = nd
+                        d = nd
+                    if lvl == 3:
+                        size = 0
+                    elif lvl == 2:
+                        size = 3
+                    else:
+                        size = 5
+                    flags = 0
+                    if rw:
+                        flags |= F_W
+                    if not nx:
+                        flags |= F_X
+                    if d & np.uint64(X86.D):
+                        flags |= F_DIRTY
+                    pfn = np.int64((d & np.uint64(X86.PFN_MASK)) >> np.uint64(12))
+                    if size == 0 and coalesce > 1 and _group_ok(tables, slot, idx, d, coalesce, 0):
+                        size = 1
+                        pfn -= idx & (coalesce - 1)
+                        flags |= F_COAL
+                        cnt[C_COAL_FILLS] += 1
+                        # x86 dirtiness is per PTE: the entry lets writes through
+                        # without a D update only if every member is dirty already.
+                        b = idx & ~(coalesce - 1)
+                        for m in range(coalesce):
+                            if not tables[slot, b + m] & np.uint64(X86.D):
+                                flags &= ~F_DIRTY
+                    return size, pfn, flags
+        else:
+            typ = d & np.uint64(3)
+            if not d & np.uint64(A64.VALID):
+                reason = FAULT_NOT_PRESENT
+            elif lvl < 3 and typ == np.uint64(3):
+                table_pfn = np.int64((d & np.uint64(A64.OA_MASK)) >> np.uint64(12))
+                psc_fill(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways,
+                         lvl, va, asid, np.uint64((table_pfn << 12) | 3))
+                continue
+            elif (lvl == 0 and typ == np.uint64(1)) or (lvl == 3 and typ == np.uint64(1)):
+                reason = FAULT_NOT_PRESENT   # reserved encodings translate as invalid
+            else:
+                nd = d
+                if not d & np.uint64(A64.AP_USER):
+                    reason = FAULT_USER
+                elif kind == K_FETCH and d & np.uint64(A64.UXN):
+                    reason = FAULT_EXEC
+                elif kind == K_WRITE and d & np.uint64(A64.RDONLY):
+                    if hafdbs and d & np.uint64(A64.DBM):
+                        nd = nd & ~np.uint64(A64.RDONLY)
+                        cnt[C_D_SET] += 1
+                    else:
+                        reason = FAULT_WRITE_PROTECT
+                if reason == FAULT_NONE and not d & np.uint64(A64.AF):
+                    if hafdbs:
+                        nd |= np.uint64(A64.AF)
+                        cnt[C_A_SET] += 1
+                    else:
+                        reason = FAULT_ACCESS_FLAG
+                if reason == FAULT_NONE:
+                    if nd != d:
+                        tables[slot, idx] = nd
+                        d = nd
+                    if lvl == 3:
+                        size = 0
+                    elif lvl == 2:
+                        size = 3
+                    else:
+                        size = 5
+                    flags = 0
+                    if not d & np.uint64(A64.RDONLY):
+                        flags |= F_W | F_DIRTY
+                    elif hafdbs and d & np.uint64(A64.DBM):
+                        flags |= F_W
+                    if not d & np.uint64(A64.UXN):
+                        flags |= F_X
+                    pfn = np.int64((d & np.uint64(A64.OA_MASK)) >> np.uint64(12))
+                    if (size == 0 and d & np.uint64(A64.CONT)
+                            and _group_ok(tables, slot, idx, d, 16, 1)):
+                        size = 2
+                        pfn -= idx & 15
+                        flags |= F_COAL
+                        cnt[C_COAL_FILLS] += 1
+                    return size, pfn, flags
+        fault[0] = va
+        fault[1] = kind
+        fault[2] = lvl
+        fault[3] = reason
+        return -1, 0, 0
+    return -1, 0, 0
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _page_pfn(t, d, va):
+    size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
+    return np.int64(d >> np.uint64(12)) + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
+
+
+# Probe lists: row j of ``probes`` is one (TLB array, page size) pair to look in;
+# rows pr_off[side*2 + level] .. pr_off[side*2 + level + 1] serve one lookup.
+P_BASE = 0
+P_WAYS = 1
+P_MASK = 2
+P_SHIFT = 3
+P_SIZE = 4
+P_OCC = 5        # index into occ[]: array * 6 + size
+P_FIELDS = 6
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _probe(tag, probes, occ, lo, hi, va, asid):
+    """Entry translating ``va`` among probe rows [lo, hi), or -1.
+
+    ``occ`` counts the valid entries of each (array, size); rows with none are
+    skipped, so a stream of 4 KiB pages does not pay for 2M/1G probes.
+    """
+    for j in range(lo, hi):
+        if occ[probes[j, P_OCC]] == 0:
+            continue
+        vpn = va >> probes[j, P_SHIFT]
+        t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (probes[j, P_SIZE] << TAG_SIZE_SHIFT)
+                                  | asid)
+        ways = probes[j, P_WAYS]
+        e0 = probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways
+        for e in range(e0, e0 + ways):
+            if tag[e] == t:
+                return e
+    return -1
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _fill(tag, data, stamp, occ, clock, probes, j, va, asid, size, pfn, flags):
+    """Install a ``size`` translation through probe row ``j`` (chosen by fill_sel).
+
+    The row's size may be smaller than ``size``: the array cannot hold that
+    size, so it gets a splinter (the part of the mapping around ``va``).
+    """
+    if j < 0:
+        return
+    z = probes[j, P_SIZE]
+    if z != size:
+        page = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
+        pfn = page & ~((1 << (SIZE_SHIFTS[z] - 12)) - 1)
+    vpn = va >> probes[j, P_SHIFT]
+    t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (z << TAG_SIZE_SHIFT) | asid)
+    ways = probes[j, P_WAYS]
+    e0 = probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways
+    victim = -1
+    empty = -1
+    lru = e0
+    oldest = np.int64(0x7FFFFFFFFFFFFFFF)
+    for e in range(e0, e0 + ways):
+        te = tag[e]
+        if te == t:
+            victim = e
+            break
+        if te == 0:
+            if empty < 0:
+                empty = e
+        elif stamp[e] < oldest:
+            oldest = stamp[e]
+            lru = e
+    if victim < 0:
+        victim = empty if empty >= 0 else lru
+        old = tag[victim]
+        o = probes[j, P_OCC]
+        if old != 0:
+            occ[o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))] -= 1
+        occ[o] += 1
+    tag[victim] = t
+    data[victim] = np.uint64((pfn << 12) | flags)
+    stamp[victim] = clock
+
+
+@njit(cache=True, _nrt=False)
+def recount(tag, ent_struct, occ):
+    """Rebuild occ[] from the tags (after a flush that dropped many entries)."""
+    occ[:] = 0
+    for e in range(tag.shape[0]):
+        if tag[e] != 0:
+            occ[ent_struct[e] * 6 + np.int64((tag[e] >> np.uint64(TAG_SIZE_SHIFT))
+                                                & np.uint64(7))] += 1
+
+
+@njit(cache=True, _nrt=False)
+def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdbs, coalesce,
+               tables, slot_of_pfn, tag, data, stamp, occ, clk, probes, pr_off, fill_sel,
+               ptag, pdata, pstamp, p_base, p_sets, p_setmask, p_ways, cnt, fault, out_pfn):
+    """Translate events [start, stop); return the index of the first faulting event or stop.
+
+    If ``out_pfn`` is at least ``stop`` long, the 4 KiB frame each translated
+    event reached is written to it (the machine's integrity oracle reads it).
+
+    Lookups of side 0 (instructions) or 1 (data) at L1 (0) or L2 (1) probe rows
+    ``pr_off[side*2+level] .. pr_off[side*2+level+1]``; a fill of page size z
+    there goes through row ``fill_sel[side*2+level, z]`` (-1: no array holds it).
+    """
+    clock = clk[0]
+    want_pfn = out_pfn.shape[0] >= stop
+    for i in range(start, stop):
+        kind = kinds[i]
+        if kind > K_FETCH:
+            continue
+        va = np.int64(addrs[i])
+        n = np.int64(counts[i])
+        if n < 1:
+            n = 1
+        side = 0 if kind == K_FETCH else 1
+        clock += 1
+        if kind == K_READ:
+            cnt[C_LOADS] += n
+            cnt[C_L1D_LOADS] += 1
+        elif kind == K_WRITE:
+            cnt[C_STORES] += n
+            cnt[C_L1D_STORES] += 1
+        else:
+            cnt[C_FETCHES] += n
+            cnt[C_L1I_LOOKUPS] += 1
+        q = side * 2
+        e = _probe(tag, probes, occ, pr_off[q], pr_off[q + 1], va, asid)
+        need_walk = False
+        assist = False
+        if e >= 0:
+            fl = np.int64(data[e] & np.uint64(0xFFF))
+            if kind == K_WRITE and not fl & F_DIRTY:
+                if fl & F_W:
+                    cnt[C_DIRTY_ASSIST] += 1
+                    assist = True
+                else:
+                    cnt[C_PERM_REWALK] += 1
+                need_walk = True        # the refill overwrites this entry
+            elif kind == K_FETCH and not fl & F_X:
+                cnt[C_PERM_REWALK] += 1
+                need_walk = True
+            else:
+                stamp[e] = clock
+                if want_pfn:
+                    out_pfn[i] = _page_pfn(tag[e], data[e], va)
+                continue
+        else:
+            if kind == K_READ:
+                cnt[C_L1D_LOAD_MISS] += 1
+            elif kind == K_WRITE:
+                cnt[C_L1D_STORE_MISS] += 1
+            else:
+                cnt[C_L1I_MISS] += 1
+            e2 = _probe(tag, probes, occ, pr_off[q + 1], pr_off[q + 2], va, asid)
+            if e2 >= 0:
+                fl = np.int64(data[e2] & np.uint64(0xFFF))
+                ok = True
+                if kind == K_WRITE and not fl & F_DIRTY:
+                    ok = False
+                elif kind == K_FETCH and not fl & F_X:
+                    ok = False
+                if ok:
+                    if kind == K_READ:
+                        cnt[C_L2_LOAD_HIT] += 1
+                    elif kind == K_WRITE:
+                        cnt[C_L2_STORE_HIT] += 1
+                    else:
+                        cnt[C_L2_FETCH_HIT] += 1
+                    stamp[e2] = clock
+                    t = tag[e2]
+                    size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
+                    _fill(tag, data, stamp, occ, clock, probes, fill_sel[q, size], va, asid, size,
+                          np.int64(data[e2] >> np.uint64(12)), fl)
+                    if want_pfn:
+                        out_pfn[i] = _page_pfn(tag[e2], data[e2], va)
+                    continue
+                if kind == K_WRITE and fl & F_W:
+                    cnt[C_DIRTY_ASSIST] += 1
+                    assist = True
+                else:
+                    cnt[C_PERM_REWALK] += 1
+            need_walk = True
+        if need_walk:
+            size, pfn, flags = walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id,
+                                    hafdbs, coalesce, ptag, pdata, pstamp, clock, p_base,
+                                    p_sets, p_setmask, p_ways, cnt, fault)
+            if size < 0:
+                cnt[C_FAULTS] += 1
+                cnt[C_WALKS_FAULTED] += 1
+                # The access retires once, after the kernel handled the fault and
+                # the machine replays the event; the misses and the walk did happen.
+                if kind == K_READ:
+                    cnt[C_LOADS] -= n
+                elif kind == K_WRITE:
+                    cnt[C_STORES] -= n
+                else:
+                    cnt[C_FETCHES] -= n
+                clk[0] = clock
+                return i
+            if assist:
+                pass                     # a dirty-bit update, not a TLB miss
+            elif kind == K_READ:
+                cnt[C_WALK_LOAD + size] += 1
+            elif kind == K_WRITE:
+                cnt[C_WALK_STORE + size] += 1
+            else:
+                cnt[C_WALK_FETCH + size] += 1
+            _fill(tag, data, stamp, occ, clock, probes, fill_sel[q + 1, size], va, asid, size, pfn,
+                  flags)
+            _fill(tag, data, stamp, occ, clock, probes, fill_sel[q, size], va, asid, size, pfn,
+                  flags)
+            if want_pfn:
+                out_pfn[i] = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
+    clk[0] = clock
+    return stop
+
+
+# ---------------------------------------------------------------- flushes
+TAG_VPN_MASK = np.uint64((1 << 43) - 1)
+
+
+@njit(cache=True, _nrt=False)
+def inval_va(tag, occ, st_base, st_sets, st_setmask, st_ways, st_sizes, va, asid, any_asid):
+    """Drop every TLB entry of one vCPU that translates ``va`` (for ``asid``, or any)."""
+    n = 0
+    for s in range(st_base.shape[0]):
+        ways = st_ways[s]
+        for size in range(6):
+            if not (st_sizes[s] >> size) & 1:
+                continue
+            vpn = va >> SIZE_SHIFTS[size]
+            e0 = st_base[s] + _set_of(vpn, st_sets[s], st_setmask[s]) * ways
+            for e in range(e0, e0 + ways):
+                t = tag[e]
+                if t == 0:
+                    continue
+                if np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) != vpn:
+                    continue
+                if np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7)) != size:
+                    continue
+                if any_asid or np.int64(t & np.uint64(ASID_MASK)) == asid:
+                    tag[e] = 0
+                    occ[s * 6 + size] -= 1
+                    n += 1
+    return n
+
+
+@njit(cache=True, _nrt=False)
+def inval_range(tag, start, end, asid, any_asid):
+    """Drop every entry overlapping [start, end) (for ``asid``, or any); returns how many."""
+    n = 0
+    for e in range(tag.shape[0]):
+        t = tag[e]
+        if t == 0:
+            continue
+        if not any_asid and np.int64(t & np.uint64(ASID_MASK)) != asid:
+            continue
+        size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
+        lo = np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) << SIZE_SHIFTS[size]
+        hi = lo + (np.int64(1) << SIZE_SHIFTS[size])
+        if lo < end and start < hi:
+            tag[e] = 0
+            n += 1
+    return n
+
+
+@njit(cache=True, _nrt=False)
+def inval_asid(tag, asid):
+    n = 0
+    for e in range(tag.shape[0]):
+        if tag[e] != 0 and np.int64(tag[e] & np.uint64(ASID_MASK)) == asid:
+            tag[e] = 0
+            n += 1
+    return n
+
+
+@njit(cache=True, _nrt=False)
+def psc_inval_range(ptag, p_base, p_sets, p_ways, start, end, asid, any_asid):
+    """Drop walk-cache entries whose VA prefix overlaps [start, end)."""
+    n = 0
+    for lvl in range(3):
+        cnt_e = p_sets[lvl] * p_ways[lvl]
+        for e in range(p_base[lvl], p_base[lvl] + cnt_e):
+            t = ptag[e]
+            if t == 0:
+                continue
+            if not any_asid and np.int64(t & np.uint64(ASID_MASK)) != asid:
+                continue
+            lo = np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) << LEVEL_SHIFTS[lvl]
+            hi = lo + (np.int64(1) << LEVEL_SHIFTS[lvl])
+            if lo < end and start < hi:
+                ptag[e] = 0
+                n += 1
+    return n
