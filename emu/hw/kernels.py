@@ -271,7 +271,9 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                         flags |= F_W
                     if not nx:
                         flags |= F_X
-                    if d & np.uint64(X86.D):
+                    # A read-only PTE may be dirty (a write-protected COW page keeps D):
+                    # the entry lets writes through only if it is writable too.
+                    if rw and d & np.uint64(X86.D):
                         flags |= F_DIRTY
                     pfn = np.int64((d & np.uint64(X86.PFN_MASK)) >> np.uint64(12))
                     if size == 0 and coalesce > 1 and _group_ok(tables, slot, idx, d, coalesce, 0):

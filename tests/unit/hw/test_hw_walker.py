@@ -150,3 +150,13 @@ def test_non_memory_events_are_skipped(arch_name):
     z = np.zeros(3, dtype=np.uint64)
     assert m.hw.run(0, 1, m.root, kinds, z, z) == 3
     assert m.hw.counters(0)["dTLB-loads"] == 0
+
+
+def test_dirty_read_only_pte_still_write_protects_through_the_tlb(arch_name):
+    """A write-protected COW page keeps its dirty state; a read that filled the TLB
+    must not let a later write through (found by the kernel model's fork tests)."""
+    m = make(arch_name)
+    m.b.map_4k(BASE, 0x500, PROT_READ, young=True, dirty=True)
+    assert m.hw.access(0, 1, m.root, BASE, READ) == 0x500
+    assert m.hw.access(0, 1, m.root, BASE, WRITE) is None
+    assert m.hw.fault.reason == "write-protect"
