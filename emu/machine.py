@@ -139,9 +139,10 @@ class Machine:
             proc = self._process(pid)
             th = self._thread(pid, vcpu, int(run["icount"][0]))
             th.last_icount = max(th.last_icount, int(run["icount"][-1]))
-            kinds = run["kind"]
-            addrs = run["addr"]
-            counts = run["count"]
+            # Contiguous copies: the numba kernels are compiled for plain arrays.
+            kinds = np.ascontiguousarray(run["kind"])
+            addrs = np.ascontiguousarray(run["addr"])
+            counts = np.ascontiguousarray(run["count"])
             proc.pages.add(kinds, addrs, counts)
             self.nr_fetch += int(np.count_nonzero(kinds == ev.FETCH))
             if self.hw is not None and self.kernel is not None:
