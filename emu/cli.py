@@ -18,6 +18,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mthp", metavar="SIZES",
                    help="per-size enabled, e.g. 64K=always,2M=inherit")
     g.add_argument("--config", metavar="TOML", help="THP/khugepaged settings file")
+    g.add_argument("--memory", metavar="SIZE", default="4G",
+                   help="simulated physical memory, e.g. 4G or 512M (default 4G)")
+    g.add_argument("--fragment", metavar="FRACTION[:ORDER]",
+                   help="pre-fragment memory: in FRACTION of the blocks of 2**(ORDER+1) frames"
+                        " pin one frame, so higher-order allocations can fail (ORDER default 0)")
     g.add_argument("--khugepaged", choices=["off", "default", "fast"], default="off",
                    help="run khugepaged with kernel defaults or the fast preset")
     g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19")

@@ -21,7 +21,6 @@ from emu.arch import syscalls
 from emu.counting import PageCounts
 from emu.trace import events as ev
 
-
 # Fault kinds as the hardware names them -> the kernel's access codes.
 _ACCESS = {"read": 0, "write": 1, "fetch": 2}
 

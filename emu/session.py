@@ -23,8 +23,6 @@ from emu.report.result import build_result
 from emu.report.text import render
 from emu.trace.events import Batch
 
-# Simulated machine size: 4 GiB of 4 KiB frames (docs/kernel.md).
-NR_FRAMES = 1 << 20
 # TLB state is kept for this many CPUs; vCPU n runs on CPU n mod NR_CPUS.
 NR_CPUS = 64
 
@@ -70,7 +68,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
     options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn)
     if args.no_hw:
         from emu.kernel.config import ThpConfig
-        kernel = _kernel(arch, ThpConfig.kernel_defaults(), None)
+        kernel = _kernel(arch, ThpConfig.kernel_defaults(), None, args)
         return Machine(arch, elf, kernel=kernel, options=options)
     from emu.arch import get_arch
     from emu.arch.profile import default_profile, load_profile
@@ -86,7 +84,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
             config = config_from_cli(args.thp, args.mthp, base=config)
     else:
         config = config_from_cli(args.thp, args.mthp)
-    kernel = _kernel(arch, config, None)
+    kernel = _kernel(arch, config, None, args)
     hw = Hardware(get_arch(arch), profile, kernel.physmem, NR_CPUS)
     kernel.hw = hw
     # MADV_COLLAPSE works whether or not the khugepaged thread runs.
@@ -98,10 +96,37 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
                    options=options)
 
 
-def _kernel(arch: str, config: Any, hw: Any) -> Any:
+def _memory_frames(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        n = -1
+    if n < 64 << 20 or n > 1 << 40:
+        raise EmuError(f"--memory {text}: give a size from 64M to 1T, e.g. 4G")
+    return n >> 12
+
+
+def _fragment(text: str | None) -> tuple[float, int]:
+    if not text:
+        return 0.0, 0
+    frac, _, order = text.partition(":")
+    try:
+        f, o = float(frac), int(order or 0)
+    except ValueError:
+        f, o = -1.0, -1
+    if not 0.0 <= f <= 1.0 or not 0 <= o < 10:
+        raise EmuError(f"--fragment {text}: FRACTION in [0, 1], ORDER in 0..9")
+    return f, o
+
+
+def _kernel(arch: str, config: Any, hw: Any, args: argparse.Namespace) -> Any:
     from emu.kernel.kernel import Kernel
     from emu.mem import PhysMem
-    return Kernel(arch, config, hw, PhysMem(NR_FRAMES))
+    frac, order = _fragment(args.fragment)
+    return Kernel(arch, config, hw, PhysMem(_memory_frames(args.memory)),
+                  fragment=frac, fragment_max_order=order)
 
 
 # -- consuming the stream ---------------------------------------------------------------
