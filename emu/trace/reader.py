@@ -1,0 +1,321 @@
+"""Read the plugin's chunk stream (live FIFO, raw file or recording) as Batches.
+
+Batch boundaries depend only on the bytes (every ``batch_chunks`` chunks, and
+the rest at the end), never on how reads happened to arrive, so a replay
+yields exactly the batches the live run yielded.
+"""
+
+import json
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import numpy as np
+import zstandard
+
+from emu.errors import EmuError
+from emu.trace import _decode as dk
+from emu.trace.events import EVENT, SYSCALL_REC, Batch
+from emu.trace.format import CHUNK_MAX, FILE_HDR, FILE_MAGIC, FORMAT_VERSION, MAX_REC, MAX_SYS
+
+BATCH_CHUNKS = 512           # up to 130 048 events per batch
+READ_SIZE = 1 << 20
+QUEUE_DEPTH = 4
+
+
+class TraceError(EmuError):
+    """The stream or recording is damaged: truncated, bit-flipped, or out of order."""
+
+
+_MESSAGES = {
+    dk.BAD_MAGIC: "bad chunk magic",
+    dk.BAD_VERSION: f"unsupported chunk version (this emu reads version {FORMAT_VERSION})",
+    dk.BAD_LENGTH: "impossible chunk length",
+    dk.BAD_CRC: "chunk CRC mismatch",
+    dk.BAD_KIND: "unknown record kind",
+    dk.BAD_SYSCALL_INDEX: "syscall record index out of range",
+}
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The metadata a recording was written with (arch, binary, args, ...)."""
+    with open(path, "rb") as f:
+        return _read_file_header(f, str(path))
+
+
+def _read_file_header(f: BinaryIO, name: str) -> dict:
+    raw = f.read(FILE_HDR.itemsize)
+    if len(raw) < FILE_HDR.itemsize or not raw.startswith(FILE_MAGIC):
+        raise TraceError(f"{name}: not an emu recording (bad header at byte 0)")
+    hdr = np.frombuffer(raw, dtype=FILE_HDR)[0]
+    if int(hdr["version"]) != FORMAT_VERSION:
+        raise TraceError(f"{name}: recording version {int(hdr['version'])} at byte 8, "
+                         f"this emu reads version {FORMAT_VERSION}")
+    meta_len = int(hdr["meta_len"])
+    meta = f.read(meta_len)
+    if len(meta) != meta_len:
+        raise TraceError(f"{name}: truncated at byte {FILE_HDR.itemsize + len(meta)} "
+                         "(inside the metadata)")
+    try:
+        return json.loads(meta.decode()) if meta_len else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TraceError(f"{name}: corrupt metadata at byte {FILE_HDR.itemsize}: {e}") from None
+
+
+class _ZstdSource:
+    """File-like readinto() over the zstd frame of a recording, naming file offsets."""
+
+    def __init__(self, f: BinaryIO, name: str, base: int):
+        self._f, self._name, self._fpos = f, name, base
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+
+    def readinto(self, mv: memoryview) -> int:
+        while not self._pending:
+            if self._d.eof:
+                return 0
+            # Small feeds keep the reported offset of zstd damage close.
+            block = self._f.read(1 << 14)
+            if not block:
+                raise TraceError(f"{self._name}: truncated at file byte {self._fpos} "
+                                 "(compressed stream ends early)")
+            try:
+                self._pending = self._d.decompress(block)
+            except zstandard.ZstdError as e:
+                raise TraceError(f"{self._name}: corrupt compressed data detected at file byte "
+                                 f"{self._fpos + len(block)} ({e})") from None
+            self._fpos += len(block)
+        n = min(len(mv), len(self._pending))
+        mv[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def _open_source(source) -> tuple[object, str, bool]:
+    """(readable, name, is_recording) for a path, FIFO or binary file object."""
+    if isinstance(source, str | os.PathLike):
+        name = str(source)
+        try:
+            st = os.stat(name)
+        except OSError as e:
+            raise EmuError(f"{name}: {e.strerror}") from None
+        f = open(name, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
+        if not stat.S_ISFIFO(st.st_mode):
+            head = f.read(len(FILE_MAGIC))
+            f.seek(0)
+            if head == FILE_MAGIC:
+                return f, name, True
+        return f, name, False
+    return source, getattr(source, "name", "<stream>"), False
+
+
+class _Decoder:
+    """Incremental decoder state: buffer, partial batch, sequence numbers.
+
+    Chunk sizes are multiples of 16 bytes, so chunks start on word
+    boundaries of the buffer and the kernel reads whole u64 words.
+    """
+
+    def __init__(self, name: str, batch_chunks: int):
+        self.name = name
+        self.batch_chunks = batch_chunks
+        self.buf = np.empty(READ_SIZE + CHUNK_MAX, dtype=np.uint8)
+        self.words = self.buf.view(np.uint64)
+        self.start = self.end = 0  # bytes; start is always a chunk boundary
+        self.base = 0              # stream offset of buf[0]
+        self.last_seq: dict[int, int] = {}
+        self._new_batch()
+
+    def _new_batch(self) -> None:
+        n = self.batch_chunks
+        self.ev = np.empty(n * MAX_REC, dtype=EVENT)
+        self.sc = np.empty(n * MAX_SYS, dtype=SYSCALL_REC)
+        self.ev_words = self.ev.view(np.uint64).reshape(-1, EVENT.itemsize // 8)
+        self.sc_words = self.sc.view(np.uint64).reshape(-1, SYSCALL_REC.itemsize // 8)
+        self.ev_n = self.sc_n = self.chunks = 0
+        self.c_pid = np.empty(n, np.uint64)
+        self.c_vcpu = np.empty(n, np.uint64)
+        self.c_seq = np.empty(n, np.uint64)
+        self.c_off = np.empty(n, np.int64)
+
+    def space(self) -> memoryview:
+        """Where the next read should land (compacting first if needed)."""
+        if self.end + CHUNK_MAX > len(self.buf) or self.start == self.end:
+            n = self.end - self.start
+            self.buf[:n] = self.buf[self.start:self.end]
+            self.base += self.start
+            self.start, self.end = 0, n
+        return memoryview(self.buf)[self.end:]
+
+    def feed(self, n: int) -> Iterator[Batch]:
+        """Account n freshly read bytes; yield every batch they complete."""
+        self.end += n
+        while True:
+            want = self.batch_chunks - self.chunks
+            lo = self.chunks
+            status, pos, self.ev_n, self.sc_n, got, bad = dk.decode_chunks(
+                self.words, self.start // 8, self.end // 8, want, dk.CRC_TABLES,
+                self.ev_words, self.ev_n, self.sc_words, self.sc_n,
+                self.c_pid[lo:], self.c_vcpu[lo:], self.c_seq[lo:], self.c_off[lo:])
+            if status != dk.OK:
+                raise TraceError(f"{self.name}: {_MESSAGES[status]} at stream byte "
+                                 f"{self.base + 8 * bad}")
+            self._check_seq(lo, lo + got)
+            self.chunks += got
+            self.start = 8 * pos
+            if self.chunks < self.batch_chunks:
+                return
+            yield self._take()
+
+    def finish(self) -> Iterator[Batch]:
+        if self.end != self.start:
+            raise TraceError(f"{self.name}: truncated chunk at stream byte "
+                             f"{self.base + self.start} ({self.end - self.start} bytes left)")
+        if self.chunks:
+            yield self._take()
+
+    def _take(self) -> Batch:
+        b = Batch(self.ev[:self.ev_n], self.sc[:self.sc_n])
+        self._new_batch()
+        return b
+
+    def _check_seq(self, lo: int, hi: int) -> None:
+        """Every (pid, vCPU) numbers its chunks 0, 1, 2...: a gap is a lost chunk."""
+        if hi == lo:
+            return
+        keys = (self.c_pid[lo:hi] << np.uint64(16)) | self.c_vcpu[lo:hi]
+        seqs = self.c_seq[lo:hi].astype(np.int64)
+        for key in np.unique(keys).tolist():
+            idx = np.flatnonzero(keys == key)
+            expect = np.arange(len(idx)) + self.last_seq.get(key, -1) + 1
+            bad = np.flatnonzero(seqs[idx] != expect)
+            if len(bad):
+                i = int(idx[bad[0]])
+                raise TraceError(
+                    f"{self.name}: chunk out of sequence at stream byte "
+                    f"{self.base + 8 * int(self.c_off[lo + i])} (pid {key >> 16} vcpu "
+                    f"{key & 0xFFFF}: expected {int(expect[bad[0]])}, got {int(seqs[i])})")
+            self.last_seq[key] = int(seqs[idx[-1]])
+
+
+def _produce(src, name: str, is_rec: bool, recorder, batch_chunks: int,
+             put) -> None:
+    """Read, record and decode the whole stream, handing batches to `put`."""
+    for b in _sync_batches(src, name, is_rec, recorder, batch_chunks):
+        put(b)
+
+
+def iter_batches(source, *, record: str | os.PathLike | None = None, force: bool = False,
+                 meta: dict | None = None, background: bool = True,
+                 batch_chunks: int = BATCH_CHUNKS) -> Iterator[Batch]:
+    """Yield Batches from a live FIFO, a raw chunk file, a recording, or a file object.
+
+    record: also write the raw bytes, zstd-compressed, to this recording
+    (refused if it exists unless force).  background: read and decode in a
+    thread with a bounded queue so the caller's model runs in parallel.
+    Damage raises TraceError naming the byte offset.
+    """
+    from emu.trace.writer import Recorder  # local: writer imports reader's names
+
+    recorder = Recorder(record, meta=meta, force=force) if record is not None else None
+    try:
+        src, name, is_rec = _open_source(source)
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+        raise
+    owns = src is not source
+    try:
+        if not background:
+            yield from _sync_batches(src, name, is_rec, recorder, batch_chunks)
+        else:
+            yield from _threaded_batches(src, name, is_rec, recorder, batch_chunks)
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if owns:
+            src.close()
+
+
+def _sync_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Batch]:
+    reader = src
+    if is_rec:
+        _read_file_header(src, name)
+        reader = _ZstdSource(src, name, src.tell())
+    dec = _Decoder(name, batch_chunks)
+    while True:
+        mv = dec.space()
+        n = reader.readinto(mv)
+        if not n:
+            break
+        if recorder is not None:
+            recorder.write(mv[:n])
+        yield from dec.feed(n)
+    yield from dec.finish()
+
+
+_END = object()
+
+
+def _threaded_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Batch]:
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def run() -> None:
+        try:
+            _produce(src, name, is_rec, recorder, batch_chunks, put)
+            put(_END)
+        except _Stopped:
+            pass
+        except BaseException as e:  # handed to the consumer, re-raised there
+            try:
+                put(e)
+            except _Stopped:
+                pass
+
+    t = threading.Thread(target=run, name="emu-trace-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def read_all(source, **kw) -> Batch:
+    """Every event of a (small) stream in one Batch, syscall indexes rebased."""
+    evs, scs, n_sc = [], [], 0
+    for b in iter_batches(source, **kw):
+        e = b.events.copy()
+        e["count"][e["kind"] == 3] += n_sc
+        evs.append(e)
+        scs.append(b.syscalls)
+        n_sc += len(b.syscalls)
+    if not evs:
+        return Batch(np.empty(0, EVENT), np.empty(0, SYSCALL_REC))
+    return Batch(np.concatenate(evs), np.concatenate(scs))
+
+
+__all__ = ["BATCH_CHUNKS", "TraceError", "iter_batches", "read_all", "read_meta"]

@@ -1,0 +1,675 @@
+/*
+ * emu TCG plugin: a thin tap on QEMU user-mode (plugin API v1, QEMU 7.2).
+ *
+ * It decides nothing.  Per vCPU it streams, in program order:
+ *   - runs of data accesses (4 KiB page, read or write, exact access count):
+ *     consecutive accesses of one vCPU to the same page and kind become one
+ *     record, optionally after a small per-vCPU micro-TLB (utlb=N);
+ *   - instruction-fetch page changes and the retired-instruction count
+ *     (one TB-exec callback per block, its page and length in the userdata);
+ *   - syscalls with six arguments and the return value (at return; exit and
+ *     exit_group at entry), emu_mark() markers, vCPU start/exit, process
+ *     start (with the parent pid after fork) and exit (with the status).
+ *
+ * Output: chunks of at most PIPE_BUF bytes, each written with one write() to
+ * the FIFO or file named by out=PATH, so threads and forked processes never
+ * interleave inside a chunk.  Layout: docs/trace-format.md (version 1).
+ *
+ * Arguments: out=PATH (required); utlb=N (direct-mapped micro-TLB entries, a
+ * power of two up to 256; 0 = off, the default); icount=tb (default: exact per-vCPU counts and fetch
+ * pages from a TB callback) or icount=inline (faster: a process-wide inline
+ * counter, fetch pages seen only at data accesses).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <qemu-plugin.h>
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* ---- format (docs/trace-format.md) ---- */
+#define CHUNK_MAGIC 0x43554D45u /* "EMUC" little-endian */
+#define FORMAT_VERSION 1
+#define CHUNK_MAX PIPE_BUF /* one atomic write on a pipe */
+#define HDR_SIZE 32
+#define REC_SIZE 16
+#define SYS_SIZE 64
+
+enum kind { K_READ, K_WRITE, K_FETCH, K_SYSCALL, K_VCPU_START, K_VCPU_EXIT,
+            K_MARK, K_PROC_START, K_PROC_EXIT };
+
+struct chunk_hdr {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t vcpu;
+    uint32_t pid;
+    uint32_t seq;
+    uint64_t icount0;
+    uint16_t nrec;
+    uint16_t nsys;
+    uint32_t crc;
+};
+
+struct rec {
+    uint64_t word;   /* page VA | kind, or value << 12 | kind */
+    uint32_t count;
+    uint32_t dicount;
+};
+
+struct sysrec {
+    int64_t nr;
+    uint64_t args[6];
+    int64_t ret;
+};
+
+_Static_assert(sizeof(struct chunk_hdr) == HDR_SIZE, "header layout");
+_Static_assert(sizeof(struct rec) == REC_SIZE, "record layout");
+_Static_assert(sizeof(struct sysrec) == SYS_SIZE, "syscall layout");
+
+#define MAX_REC ((CHUNK_MAX - HDR_SIZE) / REC_SIZE)
+#define MAX_SYS ((CHUNK_MAX - HDR_SIZE) / (REC_SIZE + SYS_SIZE))
+
+#define PAGE_MASK (~(uint64_t)0xfff)
+#define NO_KEY UINT64_MAX
+#define EMU_MARK_NR 0x656D75
+#define UTLB_MAX 256
+/* Record flag (word bit 4): accesses the micro-TLB absorbed; count only. */
+#define F_ABSORBED 0x10u
+#define MAX_VCPUS 65536
+
+/* ---- per-architecture syscall numbers the plugin must act on ---- */
+struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3; };
+static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435 };
+static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435 };
+static struct arch_nrs nrs;
+#define CLONE_VM 0x00000100
+
+/* ---- per-vCPU state: touched only by the vCPU's own host thread, except at
+ * atexit and in a fork child, where the other threads are stopped or gone. */
+struct utlb_ent { uint64_t key; uint64_t count; };
+
+struct vcpu {
+    uint64_t key;        /* current run: page | is_write, or NO_KEY */
+    uint64_t count;      /* accesses in the current run */
+    uint64_t run_icount; /* icount when the run started */
+    uint64_t icount;     /* retired instructions of this thread */
+    uint64_t fetch_page;
+    uint64_t last_icount;
+    uint64_t icount0;    /* icount of the chunk's first record */
+    uint32_t seq;
+    uint16_t nrec, nsys;
+    unsigned index;
+    bool active;
+    int64_t sc_nr;
+    uint64_t sc_args[6];
+    struct utlb_ent utlb[UTLB_MAX];
+    struct rec recs[MAX_REC];
+    struct sysrec sys[MAX_SYS];
+};
+
+static struct vcpu *vcpus[MAX_VCPUS];
+static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
+static int out_fd = -1;
+static uint32_t g_pid;
+static uint32_t g_parent;        /* 0 for the first process */
+static bool g_started;           /* PROC_START emitted in this process */
+static int64_t g_exit_status = 0xffffffff; /* unknown unless exit/exit_group */
+static unsigned g_exit_vcpu;
+static unsigned utlb_n, utlb_mask;
+static bool out_failed;
+/* icount=inline: one process-wide counter bumped by an inline op per TB
+ * instead of a per-vCPU TB callback (see docs/trace-format.md). */
+static bool icount_inline;
+static uint64_t g_icount;
+
+/* ---- CRC-32C (Castagnoli, reflected): the SSE4.2 crc32 instruction when the
+ * host has it (measured: the table version cost ~5% of plugin time), else a
+ * table.  emu/trace/_decode.py computes the same function. ---- */
+static uint32_t crc_tab[256];
+static bool crc_hw;
+
+static void crc_init(void)
+{
+    for (unsigned i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & -(c & 1));
+        crc_tab[i] = c;
+    }
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc_hw_update(uint32_t c, const unsigned char *p, size_t n)
+{
+    uint64_t c64 = c;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c64 = __builtin_ia32_crc32di(c64, w);
+        p += 8;
+        n -= 8;
+    }
+    c = (uint32_t)c64;
+    while (n--)
+        c = __builtin_ia32_crc32qi(c, *p++);
+    return c;
+}
+#endif
+
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    uint32_t c = ~crc;
+#if defined(__x86_64__)
+    if (crc_hw)
+        return ~crc_hw_update(c, p, n);
+#endif
+    while (n--)
+        c = (c >> 8) ^ crc_tab[(c ^ *p++) & 0xff];
+    return ~c;
+}
+
+/* The vCPU's instruction count now.  With icount=inline it follows the
+ * process-wide counter, which other threads bump without atomics: clamp so
+ * a vCPU's counts never go backwards. */
+static inline uint64_t now(struct vcpu *v)
+{
+    if (icount_inline) {
+        uint64_t g = __atomic_load_n(&g_icount, __ATOMIC_RELAXED);
+        if (g > v->icount)
+            v->icount = g;
+    }
+    return v->icount;
+}
+
+/* ---- chunk output ---- */
+static void write_all(const void *buf, size_t len)
+{
+    if (out_failed)
+        return;
+    for (;;) {
+        ssize_t w = write(out_fd, buf, len);
+        if (w == (ssize_t)len)
+            return;
+        if (w < 0 && errno == EINTR)
+            continue;
+        /* The reader is gone or the disk is full: stop emitting, let the
+         * guest finish; emu reports the truncated stream. */
+        out_failed = true;
+        return;
+    }
+}
+
+static void flush_chunk(struct vcpu *v)
+{
+    if (v->nrec == 0)
+        return;
+    unsigned char buf[CHUNK_MAX];
+    struct chunk_hdr h = {
+        .magic = CHUNK_MAGIC, .version = FORMAT_VERSION, .vcpu = (uint16_t)v->index,
+        .pid = g_pid, .seq = v->seq++, .icount0 = 0, .nrec = v->nrec, .nsys = v->nsys,
+        .crc = 0,
+    };
+    /* icount0 is the first record's icount; its dicount is 0. */
+    h.icount0 = v->icount0;
+    size_t rl = (size_t)v->nrec * REC_SIZE, sl = (size_t)v->nsys * SYS_SIZE;
+    memcpy(buf + HDR_SIZE, v->recs, rl);
+    memcpy(buf + HDR_SIZE + rl, v->sys, sl);
+    memcpy(buf, &h, HDR_SIZE);
+    uint32_t crc = crc_update(0, buf, HDR_SIZE - 4);
+    h.crc = crc_update(crc, buf + HDR_SIZE, rl + sl);
+    memcpy(buf, &h, HDR_SIZE);
+    write_all(buf, HDR_SIZE + rl + sl);
+    v->nrec = 0;
+    v->nsys = 0;
+}
+
+static inline size_t chunk_bytes(unsigned nrec, unsigned nsys)
+{
+    return HDR_SIZE + (size_t)nrec * REC_SIZE + (size_t)nsys * SYS_SIZE;
+}
+
+/* Append one record with the icount it happened at; flush first if full or
+ * if the icount delta would not fit in 32 bits. */
+static void put(struct vcpu *v, uint64_t word, uint32_t count, uint64_t icount)
+{
+    if (chunk_bytes(v->nrec + 1, v->nsys) > CHUNK_MAX ||
+        (v->nrec && icount - v->last_icount > UINT32_MAX))
+        flush_chunk(v);
+    struct rec *r = &v->recs[v->nrec];
+    if (v->nrec++ == 0)
+        v->icount0 = v->last_icount = icount;
+    r->word = word;
+    r->count = count;
+    r->dicount = (uint32_t)(icount - v->last_icount);
+    v->last_icount = icount;
+}
+
+static void put_access(struct vcpu *v, uint64_t key, uint64_t count, uint64_t icount)
+{
+    while (count > UINT32_MAX) {
+        put(v, key, UINT32_MAX, icount);
+        count -= UINT32_MAX;
+    }
+    put(v, key, (uint32_t)count, icount);
+}
+
+static inline void put_value(struct vcpu *v, enum kind k, uint64_t value)
+{
+    put(v, (value << 12) | k, 1, now(v));
+}
+
+/* Forward every access the micro-TLB absorbed, so counts stay exact before
+ * anything that can change the address space is seen. */
+static void utlb_drain(struct vcpu *v)
+{
+    for (unsigned i = 0; i < utlb_n; i++) {
+        struct utlb_ent *e = &v->utlb[i];
+        if (e->key != NO_KEY && e->count)
+            put_access(v, e->key | F_ABSORBED, e->count, now(v));
+        e->key = NO_KEY;
+        e->count = 0;
+    }
+}
+
+/* End the current same-page run: everything else is ordered after it. */
+static void close_run(struct vcpu *v)
+{
+    if (v->key == NO_KEY)
+        return;
+    put_access(v, v->key, v->count, v->run_icount);
+    v->key = NO_KEY;
+}
+
+static void sync_point(struct vcpu *v)
+{
+    close_run(v);
+    if (utlb_n)
+        utlb_drain(v);
+}
+
+static void start_process_records(struct vcpu *v)
+{
+    put_value(v, K_PROC_START, g_parent);
+    g_started = true;
+}
+
+static struct vcpu *vcpu_get(unsigned vi)
+{
+    struct vcpu *v = vcpus[vi];
+    if (likely(v))
+        return v;
+    pthread_mutex_lock(&alloc_lock);
+    v = vcpus[vi];
+    if (!v) {
+        v = calloc(1, sizeof(*v));
+        if (!v)
+            abort();
+        v->index = vi;
+        v->key = NO_KEY;
+        v->fetch_page = NO_KEY;
+        for (unsigned i = 0; i < UTLB_MAX; i++)
+            v->utlb[i].key = NO_KEY;
+        __atomic_store_n(&vcpus[vi], v, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    return v;
+}
+
+static void vcpu_start(struct vcpu *v)
+{
+    /* A reused index whose previous thread left without an exit hook: its
+     * events go out first, under its own icounts. */
+    sync_point(v);
+    flush_chunk(v);
+    v->icount = 0;
+    v->key = NO_KEY;
+    v->fetch_page = NO_KEY;
+    v->active = true;
+    if (!g_started)
+        start_process_records(v);
+    put_value(v, K_VCPU_START, 0);
+}
+
+static void vcpu_end(struct vcpu *v)
+{
+    if (!v->active)
+        return;
+    sync_point(v);
+    put_value(v, K_VCPU_EXIT, 0);
+    flush_chunk(v);
+    v->active = false;
+}
+
+/* ---- callbacks ---- */
+static void on_vcpu_init(qemu_plugin_id_t id, unsigned int vi)
+{
+    (void)id;
+    if (vi >= MAX_VCPUS)
+        return;
+    vcpu_start(vcpu_get(vi));
+}
+
+static void on_vcpu_exit(qemu_plugin_id_t id, unsigned int vi)
+{
+    (void)id;
+    if (vi < MAX_VCPUS && vcpus[vi])
+        vcpu_end(vcpus[vi]);
+}
+
+/* Micro-TLB miss: forward the victim's absorbed hits (flagged, so the model
+ * counts them without a lookup), then the missing access itself. */
+static void utlb_miss(struct vcpu *v, struct utlb_ent *e, uint64_t key)
+{
+    uint64_t icount = now(v);
+    if (e->key != NO_KEY && e->count)
+        put_access(v, e->key | F_ABSORBED, e->count, icount);
+    close_run(v);
+    put_access(v, key, 1, icount);
+    e->key = key;
+    e->count = 0;
+}
+
+static inline void on_access(unsigned vi, uint64_t key)
+{
+    struct vcpu *v = vcpus[vi];
+    if (utlb_n) {
+        /* Direct-mapped on (page, kind): a hit costs one compare. */
+        struct utlb_ent *e = &v->utlb[((key >> 11) ^ key) & utlb_mask];
+        if (likely(e->key == key)) {
+            e->count++;
+            return;
+        }
+        utlb_miss(v, e, key);
+        return;
+    }
+    if (likely(key == v->key)) {
+        v->count++;
+        return;
+    }
+    if (v->key != NO_KEY)
+        put_access(v, v->key, v->count, v->run_icount);
+    v->key = key;
+    v->count = 1;
+    v->run_icount = now(v);
+}
+
+/* Load or store.  QEMU 7.2 does not honour the R/W filter of
+ * qemu_plugin_register_vcpu_mem_cb (measured: a load fired the W-only
+ * callback), so one callback asks the meminfo.  qemu_plugin_mem_is_store is
+ * an out-of-line call costing a quarter of on_mem; 7.2 keeps the R/W bits
+ * at bit 16 of the meminfo, so read them directly, after checking that
+ * reading against the API on the first accesses (any mismatch: API only). */
+static bool meminfo_api;
+static int meminfo_checks = 4096;
+
+static inline uint64_t mem_is_store(qemu_plugin_meminfo_t info)
+{
+    uint64_t st = (info >> 16) & QEMU_PLUGIN_MEM_W ? 1 : 0;
+    if (unlikely(meminfo_checks > 0 || meminfo_api)) {
+        uint64_t api = qemu_plugin_mem_is_store(info) ? 1 : 0;
+        if (api != st)
+            meminfo_api = true;
+        meminfo_checks--;
+        return api;
+    }
+    return st;
+}
+
+static void fetch_change(struct vcpu *v, uint64_t page)
+{
+    close_run(v);
+    put(v, page | K_FETCH, 1, now(v));
+    v->fetch_page = page;
+}
+
+/* icount=inline: the fetch page is seen only by instructions that access
+ * data, from the page of the instruction (userdata). */
+static void on_mem_inline(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    struct vcpu *v = vcpus[vi];
+    uint64_t page = (uint64_t)(uintptr_t)ud;
+    if (unlikely(page != v->fetch_page))
+        fetch_change(v, page);
+    on_access(vi, (va & PAGE_MASK) | mem_is_store(info));
+}
+
+static void on_mem(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    (void)ud;
+    on_access(vi, (va & PAGE_MASK) | mem_is_store(info));
+}
+
+#define TB_NINSN_MASK 0x7ffu
+#define TB_CROSS 0x800u
+
+
+static void on_tb_exec(unsigned int vi, void *ud)
+{
+    struct vcpu *v = vcpus[vi];
+    uint64_t u = (uint64_t)(uintptr_t)ud;
+    uint64_t page = u & PAGE_MASK;
+    v->icount += u & TB_NINSN_MASK;
+    if (unlikely(page != v->fetch_page))
+        fetch_change(v, page);
+    if (unlikely(u & TB_CROSS))
+        fetch_change(v, page + 0x1000);
+}
+
+static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    (void)id;
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    if (n == 0)
+        return;
+    uint64_t start = qemu_plugin_tb_vaddr(tb);
+    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
+    uint64_t end = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last) - 1;
+    uint64_t u = (start & PAGE_MASK) | (n & TB_NINSN_MASK);
+    if ((end & PAGE_MASK) != (start & PAGE_MASK))
+        u |= TB_CROSS;
+    if (icount_inline) {
+        qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &g_icount, n);
+        for (size_t i = 0; i < n; i++) {
+            struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+            uintptr_t page = (uintptr_t)(qemu_plugin_insn_vaddr(insn) & PAGE_MASK);
+            qemu_plugin_register_vcpu_mem_cb(insn, on_mem_inline, QEMU_PLUGIN_CB_NO_REGS,
+                                             QEMU_PLUGIN_MEM_RW, (void *)page);
+        }
+        return;
+    }
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
+                                         (void *)(uintptr_t)u);
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        qemu_plugin_register_vcpu_mem_cb(insn, on_mem, QEMU_PLUGIN_CB_NO_REGS,
+                                         QEMU_PLUGIN_MEM_RW, NULL);
+    }
+}
+
+static bool is_fork_like(int64_t nr, uint64_t a1)
+{
+    if (nr == nrs.clone)
+        return !(a1 & CLONE_VM);
+    return nr == nrs.fork || nr == nrs.vfork || nr == nrs.clone3;
+}
+
+static void put_syscall(struct vcpu *v, int64_t nr, const uint64_t *args, int64_t ret)
+{
+    /* Room for the syscall and the record that points at it. */
+    if (chunk_bytes(v->nrec + 1, v->nsys + 1) > CHUNK_MAX)
+        flush_chunk(v);
+    struct sysrec *s = &v->sys[v->nsys];
+    s->nr = nr;
+    memcpy(s->args, args, sizeof(s->args));
+    s->ret = ret;
+    put_value(v, K_SYSCALL, v->nsys);
+    v->nsys++;
+}
+
+static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
+                       uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
+                       uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
+{
+    (void)id;
+    (void)a7;
+    (void)a8;
+    struct vcpu *v = vcpu_get(vi);
+    sync_point(v);
+    v->sc_nr = nr;
+    uint64_t args[6] = { a1, a2, a3, a4, a5, a6 };
+    memcpy(v->sc_args, args, sizeof(args));
+    if (nr == nrs.exit || nr == nrs.exit_group) {
+        g_exit_status = (int64_t)(uint32_t)a1 & 0xff;
+        g_exit_vcpu = vi;
+        put_syscall(v, nr, args, 0);
+        if (nr == nrs.exit)
+            vcpu_end(v);
+        else
+            flush_chunk(v);
+    } else if (is_fork_like(nr, a1)) {
+        /* Everything before the fork reaches the reader before the child's
+         * first event, and the child inherits an empty buffer. */
+        flush_chunk(v);
+    }
+}
+
+static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int64_t ret)
+{
+    (void)id;
+    struct vcpu *v = vcpu_get(vi);
+    if (nr != v->sc_nr)
+        return;
+    if (nr == EMU_MARK_NR) {
+        put_value(v, K_MARK, v->sc_args[0]);
+        return;
+    }
+    if (ret == 0 && is_fork_like(nr, v->sc_args[0])) {
+        uint32_t pid = (uint32_t)getpid();
+        if (pid != g_pid) {
+            /* The fork child: the other threads' buffers are the parent's
+             * data, which the parent emits itself. */
+            for (unsigned i = 0; i < MAX_VCPUS; i++) {
+                struct vcpu *o = vcpus[i];
+                if (!o)
+                    continue;
+                o->nrec = o->nsys = 0;
+                o->seq = 0;
+                o->key = NO_KEY;
+                for (unsigned k = 0; k < UTLB_MAX; k++) {
+                    o->utlb[k].key = NO_KEY;
+                    o->utlb[k].count = 0;
+                }
+                if (o != v)
+                    o->active = false;
+            }
+            g_parent = g_pid;
+            g_pid = pid;
+            g_exit_status = 0xffffffff;
+            start_process_records(v);
+            put_value(v, K_VCPU_START, 0);
+        }
+    }
+    put_syscall(v, nr, v->sc_args, ret);
+}
+
+static void on_atexit(qemu_plugin_id_t id, void *ud)
+{
+    (void)id;
+    (void)ud;
+    /* The other vCPUs no longer run plugin code (QEMU removed the callbacks
+     * under start_exclusive), so their buffers are ours to flush. */
+    struct vcpu *last = NULL;
+    for (unsigned i = 0; i < MAX_VCPUS; i++) {
+        struct vcpu *v = vcpus[i];
+        if (!v)
+            continue;
+        if (i == g_exit_vcpu)
+            last = v;
+        vcpu_end(v);
+        flush_chunk(v);
+    }
+    if (last) {
+        put_value(last, K_PROC_EXIT, (uint64_t)g_exit_status);
+        flush_chunk(last);
+    }
+}
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
+                                           int argc, char **argv)
+{
+    const char *out = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "out=", 4) == 0) {
+            out = argv[i] + 4;
+        } else if (strncmp(argv[i], "utlb=", 5) == 0) {
+            char *end;
+            unsigned long n = strtoul(argv[i] + 5, &end, 10);
+            if (*end || n > UTLB_MAX || (n & (n - 1))) {
+                fprintf(stderr, "emu plugin: utlb must be 0 or a power of two up to %d\n",
+                        UTLB_MAX);
+                return -1;
+            }
+            utlb_n = (unsigned)n;
+            utlb_mask = utlb_n ? utlb_n - 1 : 0;
+        } else if (strcmp(argv[i], "icount=inline") == 0) {
+            icount_inline = true;
+        } else if (strcmp(argv[i], "icount=tb") == 0) {
+            icount_inline = false;
+        } else {
+            fprintf(stderr, "emu plugin: unknown argument '%s'\n", argv[i]);
+            return -1;
+        }
+    }
+    if (!out) {
+        fprintf(stderr, "emu plugin: out=PATH is required\n");
+        return -1;
+    }
+    if (info->system_emulation) {
+        fprintf(stderr, "emu plugin: user-mode only\n");
+        return -1;
+    }
+    if (strcmp(info->target_name, "x86_64") == 0) {
+        nrs = NRS_X86_64;
+    } else if (strcmp(info->target_name, "aarch64") == 0) {
+        nrs = NRS_AARCH64;
+    } else {
+        fprintf(stderr, "emu plugin: unsupported target %s\n", info->target_name);
+        return -1;
+    }
+    out_fd = open(out, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (out_fd < 0) {
+        fprintf(stderr, "emu plugin: cannot open %s: %s\n", out, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(out_fd, &st) == 0 && S_ISFIFO(st.st_mode))
+        fcntl(out_fd, F_SETPIPE_SZ, 1 << 20); /* fewer wake-ups; best effort */
+    crc_init();
+    g_pid = (uint32_t)getpid();
+
+    qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
+    qemu_plugin_register_vcpu_exit_cb(id, on_vcpu_exit);
+    qemu_plugin_register_vcpu_tb_trans_cb(id, on_tb_trans);
+    qemu_plugin_register_vcpu_syscall_cb(id, on_syscall);
+    qemu_plugin_register_vcpu_syscall_ret_cb(id, on_syscall_ret);
+    qemu_plugin_register_atexit_cb(id, on_atexit, NULL);
+    return 0;
+}
