@@ -64,6 +64,17 @@ def _elf_from_meta(d: dict[str, Any]) -> ElfInfo:
     return ElfInfo(**kw)
 
 
+def model_args(**overrides: Any) -> argparse.Namespace:
+    """The model options with the CLI's defaults, for use from Python and tests."""
+    from emu.cli import build_parser
+    args = build_parser().parse_args(["replay", "-"])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise TypeError(f"unknown model option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
 def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
     options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn)
     if args.no_hw:

@@ -236,16 +236,14 @@ def test_folio_orders_match_host_kernel(thp_sysfs, case):
 
 def _run_under_emu(binary: Path, argv: list[str], thp: str = "never", mthp: str | None = None):
     """A whole emu run (QEMU + plugin + machine + hw + kernel) with the COW log on."""
-    import argparse
 
     from emu.guest.elf import inspect_elf
     from emu.guest.qemu import GuestRun
-    from emu.session import _Progress, build_machine, consume
+    from emu.session import _Progress, build_machine, consume, model_args
     from emu.trace.reader import iter_batches
 
     elf = inspect_elf(binary)
-    args = argparse.Namespace(no_hw=False, ns_per_insn=0.5, profile=None, config=None,
-                              thp=thp, mthp=mthp, khugepaged="off", collapse_algo="v19")
+    args = model_args(thp=thp, mthp=mthp)
     machine = build_machine(elf.arch, elf, args)
     machine.kernel.cow_log = []
     with GuestRun(str(binary), argv, arch=elf.arch, sysroot=None) as guest:

@@ -3,7 +3,6 @@
 writing sysfs at run time) while it keeps reading them; khugepaged collapses them and
 the TLB counters of the reading phase drop."""
 
-import argparse
 import os
 import shutil
 
@@ -42,12 +41,11 @@ class _Marks(list):
 def _run(arch: str, switch: dict | None, algo: str = "v19"):
     from emu.guest.elf import inspect_elf
     from emu.guest.qemu import GuestRun
-    from emu.session import build_machine
+    from emu.session import build_machine, model_args
     from emu.trace.reader import iter_batches
 
     binary = _guest(arch)
-    args = argparse.Namespace(no_hw=False, ns_per_insn=20.0, profile=None, config=None,
-                              thp="never", mthp=None, khugepaged="fast", collapse_algo=algo)
+    args = model_args(ns_per_insn=20.0, thp="never", khugepaged="fast", collapse_algo=algo)
     elf = inspect_elf(binary)
     machine = build_machine(elf.arch, elf, args)
     k, hw = machine.kernel, machine.hw
