@@ -262,13 +262,31 @@ static void put(struct vcpu *v, uint64_t word, uint32_t count, uint64_t icount)
     v->last_icount = icount;
 }
 
-static void put_access(struct vcpu *v, uint64_t key, uint64_t count, uint64_t icount)
+static void put_access_slow(struct vcpu *v, uint64_t key, uint64_t count, uint64_t icount)
 {
     while (count > UINT32_MAX) {
         put(v, key, UINT32_MAX, icount);
         count -= UINT32_MAX;
     }
     put(v, key, (uint32_t)count, icount);
+}
+
+/* The per-record hot path (one record per page change on `random`): the
+ * common case appends in place; anything unusual takes put(). */
+static inline __attribute__((always_inline)) void
+put_access(struct vcpu *v, uint64_t key, uint64_t count, uint64_t icount)
+{
+    uint64_t d = icount - v->last_icount;
+    if (unlikely(count > UINT32_MAX || d > UINT32_MAX || v->nrec == 0 ||
+                 chunk_bytes(v->nrec + 1, v->nsys) > CHUNK_MAX)) {
+        put_access_slow(v, key, count, icount);
+        return;
+    }
+    struct rec *r = &v->recs[v->nrec++];
+    r->word = key;
+    r->count = (uint32_t)count;
+    r->dicount = (uint32_t)d;
+    v->last_icount = icount;
 }
 
 static inline void put_value(struct vcpu *v, enum kind k, uint64_t value)
