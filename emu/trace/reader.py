@@ -10,6 +10,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -23,6 +24,8 @@ from emu.trace.format import CHUNK_MAX, FILE_HDR, FILE_MAGIC, FORMAT_VERSION, MA
 
 BATCH_CHUNKS = 512           # up to 130 048 events per batch
 READ_SIZE = 1 << 20
+FEED_MIN = 256 << 10         # bytes gathered before a decode call
+PIPE_WAIT = 0.001            # seconds; a 1 MiB pipe takes ~10 ms to fill at full rate
 QUEUE_DEPTH = 4
 
 
@@ -246,14 +249,27 @@ def _sync_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Batch]:
         _read_file_header(src, name)
         reader = _ZstdSource(src, name, src.tell())
     dec = _Decoder(name, batch_chunks)
-    while True:
+    eof = False
+    while not eof:
+        # A live FIFO hands over each 4 KiB chunk as QEMU writes it; decoding per
+        # read would cost more than the decoding itself, so gather FEED_MIN bytes
+        # first, pausing briefly when the pipe runs dry so QEMU can fill it.
         mv = dec.space()
-        n = reader.readinto(mv)
-        if not n:
+        want = min(FEED_MIN, len(mv))
+        got = 0
+        while got < want:
+            n = reader.readinto(mv[got:])
+            if not n:
+                eof = True
+                break
+            got += n
+            if n < FEED_MIN // 4:
+                time.sleep(PIPE_WAIT)
+        if not got:
             break
         if recorder is not None:
-            recorder.write(mv[:n])
-        yield from dec.feed(n)
+            recorder.write(mv[:got])
+        yield from dec.feed(got)
     yield from dec.finish()
 
 
