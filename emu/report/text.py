@@ -8,6 +8,11 @@ _SHOW_SYSCALLS = ("mmap", "munmap", "mremap", "mprotect", "brk", "madvise", "clo
                   "clone3", "fork", "vfork", "exit", "exit_group", "prctl")
 
 
+# Counters shown per CPU when a run has several: misses of each kind and walks.
+_PER_CPU = ("dTLB-loads", "dTLB-load-misses", "dTLB-store-misses", "iTLB-load-misses",
+            "L2D_TLB_REFILL", "DTLB_WALK", "ITLB_WALK")
+
+
 def _n(x: int) -> str:
     return f"{x:>16,}"
 
@@ -35,6 +40,11 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         add(f" TLB model, profile {tlb['profile']} (all CPUs):")
         for name, value in tlb["total"].items():
             add(f"{_n(value)}      {name}")
+        if len(tlb["per_cpu"]) > 1:
+            keys = [k for k in _PER_CPU if k in tlb["total"]]
+            add("   per CPU: " + ", ".join(keys))
+            for cpu, c in tlb["per_cpu"].items():
+                add(f"   cpu {cpu:>3}: " + "  ".join(f"{c.get(k, 0):>12,}" for k in keys))
         if tlb["unresolved_faults"]:
             add(f"{_n(tlb['unresolved_faults'])}      accesses the model could not map")
     kern = result.get("kernel")
