@@ -81,10 +81,13 @@ class Hardware:
         self.st_base = np.zeros(len(tl), dtype=np.int64)
         self.st_base[1:] = np.cumsum(self.st_sets * self.st_ways)[:-1]
         n_entries = int((self.st_sets * self.st_ways).sum())
+        self._build_fa(n_entries, nr_cpus)
         self._build_probes()
         self.tag = np.zeros((nr_cpus, n_entries), dtype=np.uint64)
         self.data = np.zeros((nr_cpus, n_entries), dtype=np.uint64)
-        self.stamp = np.zeros((nr_cpus, n_entries), dtype=np.int64)
+        # Empty entries carry stamp e - KEY_EMPTY (kernels._lru), valid ones the clock.
+        self._empty_stamp = np.arange(n_entries, dtype=np.int64) - K.KEY_EMPTY
+        self.stamp = np.tile(self._empty_stamp, (nr_cpus, 1))
         self.occ = np.zeros((nr_cpus, 6 * len(tl)), dtype=np.int64)
         self.ent_struct = np.repeat(np.arange(len(tl), dtype=np.int64),
                                     self.st_sets * self.st_ways)
@@ -112,6 +115,12 @@ class Hardware:
         self.fault: Fault | None = None
         self._hafdbs = bool(profile.hafdbs) if arch.name == "arm64" else True
         self._coalesce = int(profile.coalesce) if arch.name == "x86_64" else 0
+        self._arch_id = int(arch.arch_id)
+        # Per-vCPU row views made once: slicing ten arrays cost ~3 us on every run() call.
+        # The arrays are only ever modified in place, so the views stay valid.
+        self._rows = [(self.tag[c], self.data[c], self.stamp[c], self.occ[c], self.clock[c],
+                       self.ptag[c], self.pdata[c], self.pstamp[c], self.cnt[c], self.fa[c])
+                      for c in range(nr_cpus)]
 
     def _build_probes(self) -> None:
         """Flatten (side, level) -> [(array, size)] lookups and size -> fill target."""
@@ -127,7 +136,8 @@ class Hardware:
                         continue
                     for z in sorted(t.sizes):
                         rows.append([int(self.st_base[s]), t.ways, t.sets - 1,
-                                     int(K.SIZE_SHIFTS[z]), z, s * 6 + z])
+                                     int(K.SIZE_SHIFTS[z]), z, s * 6 + z, s,
+                                     int(self._hbase[s]), int(self._hmask[s])])
                 for size in range(6):
                     best = -1
                     for j in range(first_row, len(rows)):
@@ -136,8 +146,37 @@ class Hardware:
                             best = j
                     self.fill_sel[q, size] = best
                 self.pr_off[q + 1] = len(rows)
-        rows = rows or [[0, 0, 0, 12, 0, 0]]
+        rows = rows or [[0, 0, 0, 12, 0, 0, 0, -1, 0]]
         self.probes = np.array(rows, dtype=np.int64).reshape(-1, K.P_FIELDS)
+
+    def _build_fa(self, n_entries: int, nr_cpus: int) -> None:
+        """LRU lists and hash indexes of the fully associative arrays (see emu.hw.kernels).
+
+        They only speed lookups and fills up; the entries chosen and every
+        counter are those of the plain scan.
+        """
+        tl = self.profile.tlbs
+        ne, na = n_entries, len(tl)
+        self.ent_fa = np.full(n_entries, -1, dtype=np.int64)
+        self._hbase = np.full(na, -1, dtype=np.int64)
+        self._hmask = np.zeros(na, dtype=np.int64)
+        row = np.full(2 * ne + 3 * na, -1, dtype=np.int64)
+        off = row.shape[0]
+        for s, t in enumerate(tl):
+            if t.sets != 1 or t.ways < K.FA_MIN_WAYS:
+                continue
+            b, w = int(self.st_base[s]), t.ways
+            self.ent_fa[b:b + w] = s
+            ent = np.arange(b, b + w, dtype=np.int64)
+            row[ent[1:]] = ent[:-1]                    # prev
+            row[ne + ent[:-1]] = ent[1:]               # next
+            row[2 * ne + 3 * s:2 * ne + 3 * s + 3] = (b, b + w - 1, 0)
+            slots = 1 << max(6, (4 * w - 1).bit_length())   # load factor <= 1/2 before rebuild
+            self._hbase[s] = off
+            self._hmask[s] = slots - 1
+            off += slots
+        row = np.concatenate([row, np.full(off - row.shape[0], -1, dtype=np.int64)])
+        self.fa = np.tile(row, (nr_cpus, 1))
 
     # ------------------------------------------------------------------ replay
     def run(self, cpu: int, asid: int, root_pfn: int, kinds: np.ndarray, addrs: np.ndarray,
@@ -154,13 +193,14 @@ class Hardware:
             raise ValueError(f"asid {asid} out of range")
         store = self.physmem.pgtables
         self.fault = None
+        tag, data, stamp, occ, clock, ptag, pdata, pstamp, cnt, fa = self._rows[cpu]
         i = K.run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid,
-                         self.arch.arch_id, self._hafdbs, self._coalesce,
-                         store.tables, store.slot_of_pfn, self.tag[cpu], self.data[cpu],
-                         self.stamp[cpu], self.occ[cpu], self.clock[cpu], self.probes, self.pr_off,
-                         self.fill_sel, self.ptag[cpu], self.pdata[cpu], self.pstamp[cpu],
-                         self.p_base, self.p_sets, self.p_setmask, self.p_ways, self.cnt[cpu],
-                         self._fault, self._no_pfn if out_pfn is None else out_pfn)
+                         self._arch_id, self._hafdbs, self._coalesce,
+                         store.tables, store.slot_of_pfn, tag, data, stamp, occ, clock,
+                         self.probes, self.pr_off, self.fill_sel, ptag, pdata, pstamp,
+                         self.p_base, self.p_sets, self.p_setmask, self.p_ways, cnt,
+                         self._fault, self._no_pfn if out_pfn is None else out_pfn,
+                         fa, self.ent_fa)
         if i < stop:
             f = self._fault
             self.fault = Fault(int(f[0]), KIND_NAMES[int(f[1])], int(f[2]),
@@ -197,21 +237,23 @@ class Hardware:
             self.flush_received[t, k] += 1
 
     def _inval_va(self, cpu: int, va: int, asid: int, any_asid: bool, leaf_only: bool) -> None:
-        n = K.inval_va(self.tag[cpu], self.occ[cpu], self.st_base, self.st_sets,
-                       self.st_setmask, self.st_ways, self.st_sizes, va, asid, any_asid)
+        n = K.inval_va(self.tag[cpu], self.stamp[cpu], self.occ[cpu], self.st_base,
+                       self.st_sets, self.st_setmask, self.st_ways, self.st_sizes, va, asid,
+                       any_asid)
         self.entries_flushed[cpu] += n
         if not leaf_only:
             K.psc_inval_range(self.ptag[cpu], self.p_base, self.p_sets, self.p_ways,
                               va, va + 1, asid, any_asid)
 
     def _inval_asid(self, cpu: int, asid: int) -> None:
-        self.entries_flushed[cpu] += K.inval_asid(self.tag[cpu], asid)
+        self.entries_flushed[cpu] += K.inval_asid(self.tag[cpu], self.stamp[cpu], asid)
         K.recount(self.tag[cpu], self.ent_struct, self.occ[cpu])
-        K.inval_asid(self.ptag[cpu], asid)
+        K.inval_asid(self.ptag[cpu], self.pstamp[cpu], asid)
 
     def _inval_all(self, cpu: int) -> None:
         self.entries_flushed[cpu] += int(np.count_nonzero(self.tag[cpu]))
         self.tag[cpu] = 0
+        self.stamp[cpu] = self._empty_stamp
         self.occ[cpu] = 0
         self.ptag[cpu] = 0
 
@@ -226,14 +268,14 @@ class Hardware:
         """
         self._require("x86_64")
         self._count("invlpg", cpu, (cpu,))
-        n = K.inval_va(self.tag[cpu], self.occ[cpu], self.st_base, self.st_sets,
-                       self.st_setmask, self.st_ways, self.st_sizes, va, asid or 0,
-                       asid is None)
+        n = K.inval_va(self.tag[cpu], self.stamp[cpu], self.occ[cpu], self.st_base,
+                       self.st_sets, self.st_setmask, self.st_ways, self.st_sizes, va,
+                       asid or 0, asid is None)
         self.entries_flushed[cpu] += n
         if asid is None:
             self.ptag[cpu] = 0
         else:
-            K.inval_asid(self.ptag[cpu], asid)
+            K.inval_asid(self.ptag[cpu], self.pstamp[cpu], asid)
 
     def invpcid_single(self, cpu: int, asid: int, va: int) -> None:
         """INVPCID type 0: one address in one PCID."""
@@ -290,7 +332,8 @@ class Hardware:
         end = va + (pages << 12)
         self._count("tlbi_rvale1is" if last_level else "tlbi_rvae1is", cpu, self._all())
         for t in self._all():
-            self.entries_flushed[t] += K.inval_range(self.tag[t], va, end, asid, False)
+            self.entries_flushed[t] += K.inval_range(self.tag[t], self.stamp[t], va, end, asid,
+                                                     False)
             K.recount(self.tag[t], self.ent_struct, self.occ[t])
             if not last_level:
                 K.psc_inval_range(self.ptag[t], self.p_base, self.p_sets, self.p_ways,
@@ -336,5 +379,5 @@ class Hardware:
     def memory_bytes(self) -> int:
         """Bytes held by the model's own arrays (page tables excluded)."""
         arrs = (self.tag, self.data, self.stamp, self.ptag, self.pdata, self.pstamp, self.cnt,
-                self.flush_issued, self.flush_received)
+                self.flush_issued, self.flush_received, self.fa, self.ent_fa)
         return int(sum(a.nbytes for a in arrs))

@@ -9,7 +9,8 @@ Layout (struct of arrays, one row per vCPU):
   the entry's page size; 0 is an empty entry.
 * ``data`` = frame of the entry's first 4 KiB page << 12 | F_* flags.
 * ``stamp`` = the vCPU's access clock at the last use: replacement is true LRU
-  (an empty way first, else the smallest stamp).
+  (an empty way first, else the smallest stamp).  An empty entry e holds
+  ``e - KEY_EMPTY`` so that rule is a plain smallest-stamp search.
 * Paging-structure caches use the same layout in ``psc_*`` arrays, one array
   per cached level; the tag's vpn is the VA prefix down to that level and
   ``data`` holds the frame of the next-level table plus the x86 permissions
@@ -86,6 +87,12 @@ C_L1D_LOADS = 42       # lookups (records), not accesses
 C_L1D_STORES = 43
 C_L1I_LOOKUPS = 44
 NR_COUNTERS = 48
+# run_kernel indexes per-kind counters as base + kind (and walks as base + 6*kind + size).
+assert (C_STORES, C_FETCHES) == (C_LOADS + K_WRITE, C_LOADS + K_FETCH)
+assert (C_L1D_STORES, C_L1I_LOOKUPS) == (C_L1D_LOADS + 1, C_L1D_LOADS + 2)
+assert (C_L1D_STORE_MISS, C_L1I_MISS) == (C_L1D_LOAD_MISS + 1, C_L1D_LOAD_MISS + 2)
+assert (C_L2_STORE_HIT, C_L2_FETCH_HIT) == (C_L2_LOAD_HIT + 1, C_L2_LOAD_HIT + 2)
+assert (C_WALK_STORE, C_WALK_FETCH) == (C_WALK_LOAD + 6, C_WALK_LOAD + 12)
 
 X86_ATTR_MASK = np.uint64(X86.ATTR_COMPARE_MASK)
 A64_ATTR_MASK = np.uint64(A64.ATTR_COMPARE_MASK)
@@ -123,12 +130,10 @@ def psc_lookup(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, le
     vpn = va >> LEVEL_SHIFTS[level]
     t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | asid)
     ways = p_ways[level]
-    e0 = p_base[level] + _set_of(vpn, p_sets[level], p_setmask[level]) * ways
-    for e in range(e0, e0 + ways):
-        if ptag[e] == t:
-            pstamp[e] = clock
-            return e
-    return -1
+    e = _find(ptag, p_base[level] + _set_of(vpn, p_sets[level], p_setmask[level]) * ways, ways, t)
+    if e >= 0:
+        pstamp[e] = clock
+    return e
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -184,7 +189,7 @@ def _group_ok(tables, slot, idx, d, n, arch_id):
     return True
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always", _nrt=False)
 def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesce,
          ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, cnt, fault):
     """Translate ``va`` through the page tables, updating A/D (x86) or AF/DBM (arm64).
@@ -364,11 +369,131 @@ P_MASK = 2
 P_SHIFT = 3
 P_SIZE = 4
 P_OCC = 5        # index into occ[]: array * 6 + size
-P_FIELDS = 6
+P_ARR = 6        # the row's TLB array
+P_HBASE = 7      # fully associative arrays: offset of their hash index in fa[], else -1
+P_HMASK = 8      # hash index slots - 1
+P_FIELDS = 9
+
+KEY_EMPTY = np.int64(1 << 61)    # stamp of empty entry e: e - KEY_EMPTY (see _lru)
+
+# Fully associative arrays (one set, more than FA_MIN_WAYS ways) get two side
+# structures in the per-vCPU ``fa`` row, so neither a lookup nor a fill scans
+# all ways.  With ne = entries of the vCPU and na = arrays of the profile:
+#   fa[e], fa[ne + e]            LRU list prev / next of entry e (-1 = none)
+#   fa[2*ne + 3*s + 0, 1, 2]     head (MRU), tail (LRU), used hash slots of array s
+#   fa[P_HBASE ...]              open-addressing hash index: tag -> entry, -1 free,
+#                                -2 deleted.
+# The list orders an array's entries by their last stamp, so when the array is
+# full its tail is exactly the smallest stamp the scan would pick.  The hash
+# index may keep stale slots (flushes zero tags without telling it): a lookup
+# checks tag[entry] == t, and tags are unique within an array, so a stale slot
+# never gives a wrong entry, and every live tag stays reachable from its hash.
+FA_MIN_WAYS = 17
+HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
 
 
 @njit(cache=True, inline="always", _nrt=False)
-def _probe(tag, probes, occ, lo, hi, va, asid):
+def _hash(t, hmask):
+    return np.int64((t * HASH_MUL) >> np.uint64(40)) & hmask
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _hfind(tag, fa, hb, hmask, t):
+    """Entry holding tag ``t`` in a fully associative array, via its hash index; -1 if none."""
+    h = _hash(t, hmask)
+    while True:
+        v = fa[hb + h]
+        if v == -1:
+            return -1
+        if v >= 0 and tag[v] == t:
+            return v
+        h = (h + 1) & hmask
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _hput(fa, hb, hmask, hu, t, v):
+    h = _hash(t, hmask)
+    while True:
+        x = fa[hb + h]
+        if x < 0:
+            fa[hb + h] = v
+            if x == -1:
+                fa[hu] += 1
+            return
+        h = (h + 1) & hmask
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _hdel(fa, hb, hmask, t, v):
+    h = _hash(t, hmask)
+    while True:
+        x = fa[hb + h]
+        if x == -1:
+            return
+        if x == v:
+            fa[hb + h] = -2
+            return
+        h = (h + 1) & hmask
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _hinsert(tag, fa, hb, hmask, hu, e0, ways, t, v):
+    """Index ``tag[v] == t``; rebuild the index from the tags once half its slots are used."""
+    if fa[hu] * 2 >= hmask + 1:
+        for h in range(hmask + 1):
+            fa[hb + h] = -1
+        fa[hu] = 0
+        for e in range(e0, e0 + ways):
+            if tag[e] != 0:
+                _hput(fa, hb, hmask, hu, tag[e], e)
+        return
+    _hput(fa, hb, hmask, hu, t, v)
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _touch(fa, ne, s, e):
+    """Entry ``e`` of fully associative array ``s`` becomes the most recently used."""
+    hd = 2 * ne + 3 * s
+    if fa[hd] == e:
+        return
+    p = fa[e]
+    n = fa[ne + e]
+    fa[ne + p] = n
+    if n >= 0:
+        fa[n] = p
+    else:
+        fa[hd + 1] = p
+    h = fa[hd]
+    fa[e] = -1
+    fa[ne + e] = h
+    fa[h] = e
+    fa[hd] = e
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _find(tag, e0, ways, t):
+    """Entry of ``tag[e0:e0+ways]`` equal to ``t``, or -1.
+
+    Up to 16 ways the loop has no early exit: a fixed trip count and a
+    conditional move, so a hit in a random way costs no branch misprediction
+    (tags are unique within an array: a fill reuses the entry holding its tag).
+    Wider (fully associative) arrays stop at the match.
+    """
+    found = -1
+    if ways <= 16:
+        for e in range(e0 + ways - 1, e0 - 1, -1):
+            if tag[e] == t:
+                found = e
+    else:
+        for e in range(e0, e0 + ways):
+            if tag[e] == t:
+                return e
+    return found
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _probe(tag, fa, probes, occ, lo, hi, va, asid):
     """Entry translating ``va`` among probe rows [lo, hi), or -1.
 
     ``occ`` counts the valid entries of each (array, size); rows with none are
@@ -380,20 +505,45 @@ def _probe(tag, probes, occ, lo, hi, va, asid):
         vpn = va >> probes[j, P_SHIFT]
         t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (probes[j, P_SIZE] << TAG_SIZE_SHIFT)
                                   | asid)
-        ways = probes[j, P_WAYS]
-        e0 = probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways
-        for e in range(e0, e0 + ways):
-            if tag[e] == t:
-                return e
+        hb = probes[j, P_HBASE]
+        if hb >= 0:
+            e = _hfind(tag, fa, hb, probes[j, P_HMASK], t)
+        else:
+            ways = probes[j, P_WAYS]
+            e = _find(tag, probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways, ways, t)
+        if e >= 0:
+            return e
     return -1
 
 
 @njit(cache=True, inline="always", _nrt=False)
-def _fill(tag, data, stamp, occ, clock, probes, j, va, asid, size, pfn, flags):
+def _lru(stamp, e0, ways):
+    """The way with the smallest stamp: the first empty way, else the least recently used.
+
+    An empty entry's stamp is ``entry - KEY_EMPTY`` (set at start and by every
+    invalidation), below every clock value and rising with the index; stamps of
+    valid entries in one array are distinct (each event stamps at most one entry
+    per array).  So the smallest stamp is exactly the way the rule picks, found by
+    one pass over the stamps alone, with no branch on the data.
+    """
+    best = stamp[e0]
+    v = e0
+    for e in range(e0 + 1, e0 + ways):
+        x = stamp[e]
+        if x < best:
+            best = x
+            v = e
+    return v
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _fill(tag, data, stamp, occ, fa, clock, probes, j, va, asid, size, pfn, flags, absent):
     """Install a ``size`` translation through probe row ``j`` (chosen by fill_sel).
 
     The row's size may be smaller than ``size``: the array cannot hold that
     size, so it gets a splinter (the part of the mapping around ``va``).
+    ``absent``: the lookup just probed this array and found no entry for ``va``,
+    so the tag need not be searched (it is, after a hit that could not be used).
     """
     if j < 0:
         return
@@ -405,31 +555,48 @@ def _fill(tag, data, stamp, occ, clock, probes, j, va, asid, size, pfn, flags):
     t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (z << TAG_SIZE_SHIFT) | asid)
     ways = probes[j, P_WAYS]
     e0 = probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways
-    victim = -1
-    empty = -1
-    lru = e0
-    oldest = np.int64(0x7FFFFFFFFFFFFFFF)
-    for e in range(e0, e0 + ways):
-        te = tag[e]
-        if te == t:
-            victim = e
-            break
-        if te == 0:
-            if empty < 0:
-                empty = e
-        elif stamp[e] < oldest:
-            oldest = stamp[e]
-            lru = e
-    if victim < 0:
-        victim = empty if empty >= 0 else lru
+    hb = probes[j, P_HBASE]
+    o = probes[j, P_OCC]
+    if hb < 0:
+        victim = -1 if absent else _find(tag, e0, ways, t)
+        if victim < 0:
+            victim = _lru(stamp, e0, ways)
         old = tag[victim]
-        o = probes[j, P_OCC]
+        if old != t:
+            if old != 0:
+                occ[o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))] -= 1
+            occ[o] += 1
+        tag[victim] = t
+        data[victim] = np.uint64((pfn << 12) | flags)
+        stamp[victim] = clock
+        return
+    # Fully associative: the same choice as _lru without scanning the ways.
+    hmask = probes[j, P_HMASK]
+    s = probes[j, P_ARR]
+    ne = tag.shape[0]
+    victim = _hfind(tag, fa, hb, hmask, t)
+    if victim < 0:
+        valid = 0
+        for k in range(6):
+            valid += occ[s * 6 + k]
+        if valid < ways:
+            for e in range(e0, e0 + ways):
+                if tag[e] == 0:
+                    victim = e
+                    break
+        else:
+            victim = fa[2 * ne + 3 * s + 1]
+    old = tag[victim]
+    if old != t:
         if old != 0:
             occ[o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))] -= 1
+            _hdel(fa, hb, hmask, old, victim)
         occ[o] += 1
-    tag[victim] = t
+        tag[victim] = t
+        _hinsert(tag, fa, hb, hmask, 2 * ne + 3 * s + 2, e0, ways, t, victim)
     data[victim] = np.uint64((pfn << 12) | flags)
     stamp[victim] = clock
+    _touch(fa, ne, s, victim)
 
 
 @njit(cache=True, _nrt=False)
@@ -445,7 +612,8 @@ def recount(tag, ent_struct, occ):
 @njit(cache=True, _nrt=False)
 def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdbs, coalesce,
                tables, slot_of_pfn, tag, data, stamp, occ, clk, probes, pr_off, fill_sel,
-               ptag, pdata, pstamp, p_base, p_sets, p_setmask, p_ways, cnt, fault, out_pfn):
+               ptag, pdata, pstamp, p_base, p_sets, p_setmask, p_ways, cnt, fault, out_pfn,
+               fa, ent_fa):
     """Translate events [start, stop); return the index of the first faulting event or stop.
 
     If ``out_pfn`` is at least ``stop`` long, the 4 KiB frame each translated
@@ -458,7 +626,7 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
     clock = clk[0]
     want_pfn = out_pfn.shape[0] >= stop
     for i in range(start, stop):
-        kind = kinds[i]
+        kind = np.int64(kinds[i])
         if kind > K_FETCH:
             continue
         va = np.int64(addrs[i])
@@ -467,19 +635,15 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
             n = 1
         side = 0 if kind == K_FETCH else 1
         clock += 1
-        if kind == K_READ:
-            cnt[C_LOADS] += n
-            cnt[C_L1D_LOADS] += 1
-        elif kind == K_WRITE:
-            cnt[C_STORES] += n
-            cnt[C_L1D_STORES] += 1
-        else:
-            cnt[C_FETCHES] += n
-            cnt[C_L1I_LOOKUPS] += 1
+        # Per-kind counters sit at base + kind (READ, WRITE, FETCH): no branch on the kind.
+        cnt[C_LOADS + kind] += n
+        cnt[C_L1D_LOADS + kind] += 1
         q = side * 2
-        e = _probe(tag, probes, occ, pr_off[q], pr_off[q + 1], va, asid)
+        e = _probe(tag, fa, probes, occ, pr_off[q], pr_off[q + 1], va, asid)
         need_walk = False
         assist = False
+        l1_absent = e < 0
+        l2_absent = False
         if e >= 0:
             fl = np.int64(data[e] & np.uint64(0xFFF))
             if kind == K_WRITE and not fl & F_DIRTY:
@@ -494,17 +658,15 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
                 need_walk = True
             else:
                 stamp[e] = clock
+                if ent_fa[e] >= 0:
+                    _touch(fa, tag.shape[0], ent_fa[e], e)
                 if want_pfn:
                     out_pfn[i] = _page_pfn(tag[e], data[e], va)
                 continue
         else:
-            if kind == K_READ:
-                cnt[C_L1D_LOAD_MISS] += 1
-            elif kind == K_WRITE:
-                cnt[C_L1D_STORE_MISS] += 1
-            else:
-                cnt[C_L1I_MISS] += 1
-            e2 = _probe(tag, probes, occ, pr_off[q + 1], pr_off[q + 2], va, asid)
+            cnt[C_L1D_LOAD_MISS + kind] += 1
+            e2 = _probe(tag, fa, probes, occ, pr_off[q + 1], pr_off[q + 2], va, asid)
+            l2_absent = e2 < 0
             if e2 >= 0:
                 fl = np.int64(data[e2] & np.uint64(0xFFF))
                 ok = True
@@ -513,17 +675,14 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
                 elif kind == K_FETCH and not fl & F_X:
                     ok = False
                 if ok:
-                    if kind == K_READ:
-                        cnt[C_L2_LOAD_HIT] += 1
-                    elif kind == K_WRITE:
-                        cnt[C_L2_STORE_HIT] += 1
-                    else:
-                        cnt[C_L2_FETCH_HIT] += 1
+                    cnt[C_L2_LOAD_HIT + kind] += 1
                     stamp[e2] = clock
+                    if ent_fa[e2] >= 0:
+                        _touch(fa, tag.shape[0], ent_fa[e2], e2)
                     t = tag[e2]
                     size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
-                    _fill(tag, data, stamp, occ, clock, probes, fill_sel[q, size], va, asid, size,
-                          np.int64(data[e2] >> np.uint64(12)), fl)
+                    _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[q, size], va, asid,
+                          size, np.int64(data[e2] >> np.uint64(12)), fl, True)
                     if want_pfn:
                         out_pfn[i] = _page_pfn(tag[e2], data[e2], va)
                     continue
@@ -542,26 +701,15 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
                 cnt[C_WALKS_FAULTED] += 1
                 # The access retires once, after the kernel handled the fault and
                 # the machine replays the event; the misses and the walk did happen.
-                if kind == K_READ:
-                    cnt[C_LOADS] -= n
-                elif kind == K_WRITE:
-                    cnt[C_STORES] -= n
-                else:
-                    cnt[C_FETCHES] -= n
+                cnt[C_LOADS + kind] -= n
                 clk[0] = clock
                 return i
-            if assist:
-                pass                     # a dirty-bit update, not a TLB miss
-            elif kind == K_READ:
-                cnt[C_WALK_LOAD + size] += 1
-            elif kind == K_WRITE:
-                cnt[C_WALK_STORE + size] += 1
-            else:
-                cnt[C_WALK_FETCH + size] += 1
-            _fill(tag, data, stamp, occ, clock, probes, fill_sel[q + 1, size], va, asid, size, pfn,
-                  flags)
-            _fill(tag, data, stamp, occ, clock, probes, fill_sel[q, size], va, asid, size, pfn,
-                  flags)
+            if not assist:               # a dirty-bit update is not a TLB miss
+                cnt[C_WALK_LOAD + 6 * kind + size] += 1
+            _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[q + 1, size], va, asid, size,
+                  pfn, flags, l2_absent)
+            _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[q, size], va, asid, size,
+                  pfn, flags, l1_absent)
             if want_pfn:
                 out_pfn[i] = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
     clk[0] = clock
@@ -573,7 +721,8 @@ TAG_VPN_MASK = np.uint64((1 << 43) - 1)
 
 
 @njit(cache=True, _nrt=False)
-def inval_va(tag, occ, st_base, st_sets, st_setmask, st_ways, st_sizes, va, asid, any_asid):
+def inval_va(tag, stamp, occ, st_base, st_sets, st_setmask, st_ways, st_sizes, va, asid,
+             any_asid):
     """Drop every TLB entry of one vCPU that translates ``va`` (for ``asid``, or any)."""
     n = 0
     for s in range(st_base.shape[0]):
@@ -593,13 +742,14 @@ def inval_va(tag, occ, st_base, st_sets, st_setmask, st_ways, st_sizes, va, asid
                     continue
                 if any_asid or np.int64(t & np.uint64(ASID_MASK)) == asid:
                     tag[e] = 0
+                    stamp[e] = e - KEY_EMPTY
                     occ[s * 6 + size] -= 1
                     n += 1
     return n
 
 
 @njit(cache=True, _nrt=False)
-def inval_range(tag, start, end, asid, any_asid):
+def inval_range(tag, stamp, start, end, asid, any_asid):
     """Drop every entry overlapping [start, end) (for ``asid``, or any); returns how many."""
     n = 0
     for e in range(tag.shape[0]):
@@ -613,16 +763,18 @@ def inval_range(tag, start, end, asid, any_asid):
         hi = lo + (np.int64(1) << SIZE_SHIFTS[size])
         if lo < end and start < hi:
             tag[e] = 0
+            stamp[e] = e - KEY_EMPTY
             n += 1
     return n
 
 
 @njit(cache=True, _nrt=False)
-def inval_asid(tag, asid):
+def inval_asid(tag, stamp, asid):
     n = 0
     for e in range(tag.shape[0]):
         if tag[e] != 0 and np.int64(tag[e] & np.uint64(ASID_MASK)) == asid:
             tag[e] = 0
+            stamp[e] = e - KEY_EMPTY
             n += 1
     return n
 
