@@ -39,10 +39,17 @@ SYS = np.dtype([("nr", "<i8"), ("args", "<u8", (6,)), ("ret", "<i8")])
 KIND_BITS = 4
 VALUE_SHIFT = 12
 
-# Recording files: FILE_MAGIC, u32 version, u32 meta length, meta (UTF-8 JSON),
-# then one zstd frame holding the raw chunk stream exactly as it was read.
+# Recording files: FILE_MAGIC, u32 version, u32 meta length, u32 CRC-32 of the
+# meta, u32 zero, meta (UTF-8 JSON), then one zstd frame holding the raw chunk
+# stream exactly as it was read, then an end record with the frame's length and
+# CRC-32, so that every byte of a recording is checked, not only what changes
+# the decompressed stream.
 FILE_MAGIC = b"EMUTRACE"
-FILE_HDR = np.dtype([("magic", "S8"), ("version", "<u4"), ("meta_len", "<u4")])
+FILE_HDR = np.dtype([("magic", "S8"), ("version", "<u4"), ("meta_len", "<u4"),
+                     ("meta_crc", "<u4"), ("zero", "<u4")])
+END_MAGIC = b"EMUTREND"
+FILE_END = np.dtype([("magic", "S8"), ("frame_len", "<u8"), ("frame_crc", "<u4"),
+                     ("zero", "<u4")])
 
 assert CHUNK_HDR.itemsize == HDR_SIZE
 assert REC.itemsize == REC_SIZE

@@ -11,6 +11,7 @@ import queue
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -20,7 +21,16 @@ import zstandard
 from emu.errors import EmuError
 from emu.trace import _decode as dk
 from emu.trace.events import EVENT, SYSCALL_REC, Batch
-from emu.trace.format import CHUNK_MAX, FILE_HDR, FILE_MAGIC, FORMAT_VERSION, MAX_REC, MAX_SYS
+from emu.trace.format import (
+    CHUNK_MAX,
+    END_MAGIC,
+    FILE_END,
+    FILE_HDR,
+    FILE_MAGIC,
+    FORMAT_VERSION,
+    MAX_REC,
+    MAX_SYS,
+)
 
 BATCH_CHUNKS = 512           # up to 130 048 events per batch
 READ_SIZE = 1 << 20
@@ -57,11 +67,16 @@ def _read_file_header(f: BinaryIO, name: str) -> dict:
     if int(hdr["version"]) != FORMAT_VERSION:
         raise TraceError(f"{name}: recording version {int(hdr['version'])} at byte 8, "
                          f"this emu reads version {FORMAT_VERSION}")
+    if int(hdr["zero"]):
+        raise TraceError(f"{name}: corrupt header at byte 20 (reserved field not zero)")
     meta_len = int(hdr["meta_len"])
     meta = f.read(meta_len)
     if len(meta) != meta_len:
         raise TraceError(f"{name}: truncated at byte {FILE_HDR.itemsize + len(meta)} "
                          "(inside the metadata)")
+    if zlib.crc32(meta) != int(hdr["meta_crc"]):
+        raise TraceError(f"{name}: corrupt metadata at byte {FILE_HDR.itemsize} "
+                         f"(CRC mismatch over its {meta_len} bytes)")
     try:
         return json.loads(meta.decode()) if meta_len else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -69,22 +84,47 @@ def _read_file_header(f: BinaryIO, name: str) -> dict:
 
 
 class _ZstdSource:
-    """File-like readinto() over the zstd frame of a recording, naming file offsets."""
+    """File-like readinto() over the zstd frame of a recording, naming file offsets.
+
+    The end record gives the frame's length and CRC-32: a recording cut short
+    lacks it, and damage zstd would decode without complaint fails the CRC.
+    """
 
     def __init__(self, f: BinaryIO, name: str, base: int):
-        self._f, self._name, self._fpos = f, name, base
+        self._f, self._name, self._fpos, self._base = f, name, base, base
         self._d = zstandard.ZstdDecompressor().decompressobj()
         self._pending = b""
+        self._crc = 0
+        size = f.seek(0, os.SEEK_END)
+        end_at = size - FILE_END.itemsize
+        raw = b""
+        if end_at >= base:
+            f.seek(end_at)
+            raw = f.read(FILE_END.itemsize)
+        if len(raw) != FILE_END.itemsize or not raw.startswith(END_MAGIC):
+            raise TraceError(f"{name}: truncated at file byte {size} (no end record; "
+                             "the recording was cut short)")
+        end = np.frombuffer(raw, dtype=FILE_END)[0]
+        if int(end["frame_len"]) != end_at - base or int(end["zero"]):
+            raise TraceError(f"{name}: corrupt end record at file byte {end_at} "
+                             f"(frame of {int(end['frame_len'])} bytes, file holds "
+                             f"{end_at - base})")
+        self._frame_crc = int(end["frame_crc"])
+        self._left = end_at - base
+        f.seek(base)
 
     def readinto(self, mv: memoryview) -> int:
         while not self._pending:
-            if self._d.eof:
+            if not self._left:
+                self._check_end()
                 return 0
             # Small feeds keep the reported offset of zstd damage close.
-            block = self._f.read(1 << 14)
+            block = self._f.read(min(1 << 14, self._left))
             if not block:
                 raise TraceError(f"{self._name}: truncated at file byte {self._fpos} "
                                  "(compressed stream ends early)")
+            self._left -= len(block)
+            self._crc = zlib.crc32(block, self._crc)
             try:
                 self._pending = self._d.decompress(block)
             except zstandard.ZstdError as e:
@@ -95,6 +135,14 @@ class _ZstdSource:
         mv[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def _check_end(self) -> None:
+        if self._crc != self._frame_crc:
+            raise TraceError(f"{self._name}: corrupt compressed data from file byte "
+                             f"{self._base} to {self._fpos} (CRC mismatch)")
+        if not self._d.eof:
+            raise TraceError(f"{self._name}: truncated at file byte {self._fpos} "
+                             "(compressed stream ends early)")
 
 
 def _open_source(source) -> tuple[object, str, bool]:

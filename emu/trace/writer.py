@@ -6,6 +6,7 @@ goes through the very decoder the live run used.
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from emu.trace.format import (
     CHUNK_HDR,
     CHUNK_MAGIC,
     CHUNK_MAX,
+    END_MAGIC,
+    FILE_END,
     FILE_HDR,
     FILE_MAGIC,
     FORMAT_VERSION,
@@ -29,6 +32,23 @@ from emu.trace.format import (
 )
 
 ZSTD_LEVEL = 3  # ~10x smaller streams at several hundred MB/s on one core
+
+
+class _Checked:
+    """The compressed frame on its way to the file: length and CRC-32 as written."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.length = 0
+        self.crc = 0
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 class Recorder:
@@ -49,9 +69,11 @@ class Recorder:
         meta_b = json.dumps(meta or {}, sort_keys=True).encode()
         hdr = np.zeros(1, FILE_HDR)
         hdr["magic"], hdr["version"], hdr["meta_len"] = FILE_MAGIC, FORMAT_VERSION, len(meta_b)
+        hdr["meta_crc"] = zlib.crc32(meta_b)
         self._f.write(hdr.tobytes() + meta_b)
+        self._frame = _Checked(self._f)
         cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-        self._z = cctx.stream_writer(self._f, closefd=False)
+        self._z = cctx.stream_writer(self._frame, closefd=False)
         self.raw_bytes = 0
 
     def write(self, data) -> None:
@@ -63,6 +85,10 @@ class Recorder:
             return
         self._z.flush(zstandard.FLUSH_FRAME)
         self._z.close()
+        end = np.zeros(1, FILE_END)
+        end["magic"], end["frame_len"], end["frame_crc"] = (END_MAGIC, self._frame.length,
+                                                            self._frame.crc)
+        self._f.write(end.tobytes())
         self._f.close()
 
     def __enter__(self) -> "Recorder":
