@@ -20,6 +20,7 @@ import numpy as np
 from emu.arch import syscalls
 from emu.counting import PageCounts
 from emu.trace import events as ev
+from emu.trace.format import F_ABSORBED
 
 # Fault kinds as the hardware names them -> the kernel's access codes.
 _ACCESS = {"read": 0, "write": 1, "fetch": 2}
@@ -56,6 +57,7 @@ class RunOptions:
     hardware: bool = True
     ns_per_insn: float = 0.5
     khugepaged: bool = False   # run the khugepaged thread (MADV_COLLAPSE works regardless)
+    utlb: int = 0              # entries of the plugin's micro-TLB (0: none)
 
 
 class Machine:
@@ -79,6 +81,7 @@ class Machine:
         self.nr_events = 0
         self.nr_fetch = 0
         self.unresolved_faults = 0
+        self.utlb_hits = 0
         self.now_ns = 0.0
 
     # -- processes and threads -------------------------------------------------
@@ -145,8 +148,24 @@ class Machine:
             proc.pages.add(kinds, addrs, counts)
             self.nr_fetch += int(np.count_nonzero(kinds == ev.FETCH))
             if self.hw is not None and self.kernel is not None:
+                if self.options.utlb:
+                    kinds, addrs, counts = self._absorbed(vcpu, run["pad"], kinds, addrs,
+                                                          counts)
                 self._translate(pid, vcpu, kinds, addrs, counts)
             self._tick(th)
+
+    def _absorbed(self, cpu: int, flags: np.ndarray, kinds: np.ndarray, addrs: np.ndarray,
+                  counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Count the micro-TLB's hits as TLB accesses; only its misses go to the TLBs."""
+        hit = (flags & F_ABSORBED).astype(bool)
+        if not hit.any():
+            return kinds, addrs, counts
+        loads = int(counts[hit & (kinds == ev.READ)].sum())
+        stores = int(counts[hit & (kinds == ev.WRITE)].sum())
+        self.hw.absorb(cpu % self.hw.nr_cpus, loads, stores)
+        self.utlb_hits += loads + stores
+        keep = ~hit
+        return kinds[keep], addrs[keep], counts[keep]
 
     def _translate(self, pid: int, cpu: int, kinds: np.ndarray, addrs: np.ndarray,
                    counts: np.ndarray) -> None:

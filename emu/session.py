@@ -76,7 +76,8 @@ def model_args(**overrides: Any) -> argparse.Namespace:
 
 
 def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
-    options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn)
+    options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn,
+                         utlb=getattr(args, "utlb", 0))
     if args.no_hw:
         from emu.kernel.config import ThpConfig
         kernel = _kernel(arch, ThpConfig.kernel_defaults(), None, args)
@@ -196,13 +197,17 @@ def run(args: argparse.Namespace) -> int:
 
     args.args = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else args.args
     _check_outputs(args)
+    if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
+        raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")
     elf = inspect_elf(args.binary)
     machine = build_machine(elf.arch, elf, args)
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
-            "elf": _elf_meta(elf)}
+            "elf": _elf_meta(elf), "utlb": args.utlb}
+    plugin_args = [f"utlb={args.utlb}"] if args.utlb else []
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
-    with GuestRun(args.binary, args.args, arch=elf.arch, sysroot=args.sysroot) as guest:
+    with GuestRun(args.binary, args.args, arch=elf.arch, sysroot=args.sysroot,
+                  plugin_args=plugin_args) as guest:
         batches = iter_batches(guest.stream, record=args.record, force=args.force, meta=meta)
         try:
             consume(machine, batches, progress)
@@ -227,6 +232,8 @@ def replay(args: argparse.Namespace) -> int:
         arch, argv = meta["arch"], meta["argv"]
     except (KeyError, TypeError, ValueError):
         raise EmuError(f"{args.trace}: recording has no usable guest description") from None
+    # The micro-TLB is part of what was recorded: replay models it as recorded.
+    args.utlb = int(meta.get("utlb", 0))
     machine = build_machine(arch, elf, args)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     consume(machine, iter_batches(args.trace), progress)

@@ -365,6 +365,11 @@ class Hardware:
             raise ValueError(f"{arch} flush primitive on an {self.arch.name} machine")
 
     # ------------------------------------------------------------ counters
+    def absorb(self, cpu: int, loads: int, stores: int) -> None:
+        """Accesses a micro-TLB in front of the L1 served: counted, never looked up."""
+        self.cnt[cpu, K.C_LOADS] += loads
+        self.cnt[cpu, K.C_STORES] += stores
+
     def counters(self, cpu: int) -> dict[str, int]:
         """This vCPU's counters, under the names perf and the PMU manuals use."""
         from emu.hw.counters import name_counters

@@ -69,7 +69,9 @@ def build_result(machine: Any, binary: str, argv: list[str],
         result["tlb"] = {"profile": machine.hw.profile.name,
                          "total": _sum_counters(list(per_cpu.values())),
                          "per_cpu": per_cpu,
-                         "unresolved_faults": machine.unresolved_faults}
+                         "unresolved_faults": machine.unresolved_faults,
+                         "utlb": {"entries": machine.options.utlb,
+                                  "hits": machine.utlb_hits}}
     if machine.kernel is not None and machine.hw is not None:
         k = machine.kernel
         result["kernel"] = {

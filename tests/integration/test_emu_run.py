@@ -209,3 +209,30 @@ def test_qemu_missing_one_line_exit_2(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()]
     assert "qemu-aarch64 not found" in p.stderr
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_micro_tlb_keeps_counts_exact_and_replays(tmp_path, arch):
+    """--utlb: fewer events, the same accesses, pages and dTLB loads/stores; replay equal."""
+    binary = guest(arch, "touch")
+    gargs = ["-m", "4", "-p", "strided", "-s", "3", "-k", "rw"]
+    plain, truth = run_json(tmp_path, binary, *gargs)
+    rec = tmp_path / "u.emutrace"
+    out = tmp_path / "u.json"
+    emu("run", "-q", "--utlb", "64", "--record", str(rec), "--json", str(out), "--",
+        binary, *gargs)
+    micro = json.loads(out.read_text())
+    assert micro["events"] < plain["events"]
+    assert micro["tlb"]["utlb"]["hits"] > 0
+    for key in ("accesses", "pages_touched", "instructions"):
+        assert micro[key] == plain[key], key
+    for key in ("dTLB-loads", "dTLB-stores"):
+        assert micro["tlb"]["total"][key] == plain["tlb"]["total"][key], key
+    vma = region_vma(micro, truth)
+    assert vma["accesses"] == {"read": truth["reads"], "write": truth["writes"]}
+    again = tmp_path / "replayed.json"
+    emu("replay", "-q", "--json", str(again), str(rec))
+    replayed = json.loads(again.read_text())
+    assert replayed["tlb"] == micro["tlb"] and replayed["vmas"] == micro["vmas"]
+    p = emu("run", "-q", "--utlb", "48", "--", binary, check=False)
+    assert p.returncode == 2 and "power of two" in p.stderr
