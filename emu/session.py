@@ -76,6 +76,8 @@ def model_args(**overrides: Any) -> argparse.Namespace:
 
 
 def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
+    if not args.ns_per_insn > 0:
+        raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
     options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn,
                          utlb=getattr(args, "utlb", 0))
     if args.no_hw:

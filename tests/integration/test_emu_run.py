@@ -236,3 +236,19 @@ def test_micro_tlb_keeps_counts_exact_and_replays(tmp_path, arch):
     assert replayed["tlb"] == micro["tlb"] and replayed["vmas"] == micro["vmas"]
     p = emu("run", "-q", "--utlb", "48", "--", binary, check=False)
     assert p.returncode == 2 and "power of two" in p.stderr
+
+
+@pytest.mark.parametrize("opts,words", [
+    (["--thp", "bogus"], "--thp"),
+    (["--mthp", "3K=always"], "3kB"),
+    (["--profile", "nope"], "unknown TLB profile"),
+    (["--profile", "neoverse_n1"], "is for arm64"),
+    (["--config", "/nonexistent.toml"], "not found"),
+    (["--ns-per-insn", "-1"], "positive"),
+    (["--memory", "12"], "--memory"),
+    (["--fragment", "2.0"], "--fragment"),
+])
+def test_impossible_configurations_one_line_exit_2(opts, words):
+    p = emu("run", *opts, "--", guest("x86_64", "touch"), check=False)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
