@@ -54,7 +54,6 @@ class Process:
 class RunOptions:
     """What the machine models; the CLI fills it from flags."""
 
-    hardware: bool = True
     ns_per_insn: float = 0.5
     khugepaged: bool = False   # run the khugepaged thread (MADV_COLLAPSE works regardless)
     utlb: int = 0              # entries of the plugin's micro-TLB (0: none)

@@ -78,7 +78,7 @@ def model_args(**overrides: Any) -> argparse.Namespace:
 def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
     if not args.ns_per_insn > 0:
         raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
-    options = RunOptions(hardware=not args.no_hw, ns_per_insn=args.ns_per_insn,
+    options = RunOptions(ns_per_insn=args.ns_per_insn,
                          utlb=getattr(args, "utlb", 0))
     if args.no_hw:
         from emu.kernel.config import ThpConfig
@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
     from emu.guest.qemu import GuestRun
     from emu.trace.reader import iter_batches
 
-    args.args = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else args.args
+    if args.args[:1] == ["--"]:      # `emu run BINARY -- ARGS` on older argparse
+        args.args = args.args[1:]
     _check_outputs(args)
     if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
         raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")

@@ -95,6 +95,19 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
     def mm(self, pid: int) -> MM:
         return self.mms[pid]
 
+    def enter(self, pid: int, vcpu: int) -> MM:
+        """The mm a fault or syscall of (pid, vcpu) runs in, now current on its CPU.
+
+        An mm QEMU set up unseen (no exec record) is created empty.
+        """
+        mm = self.mms.get(pid)
+        if mm is None:
+            mm = self._new_mm(pid)
+        cpu = self.cpu_of(vcpu)
+        mm.cpumask.add(cpu)
+        self.current_cpu = cpu
+        return mm
+
     # ===== TLB ======================================================================
 
     def _flush(self, mm: MM, start: int, end: int, stride_shift: int, last_level: bool) -> None:

@@ -34,12 +34,7 @@ class FaultMixin:
 
     def handle_mm_fault(self, pid: int, cpu: int, va: int, access: int, reason=None) -> bool:
         """Resolve a fault at va; True when the mapping now allows the access."""
-        mm = self.mms.get(pid)
-        if mm is None:
-            mm = self._new_mm(pid)
-        cpu = self.cpu_of(cpu)
-        mm.cpumask.add(cpu)
-        self.current_cpu = cpu
+        mm = self.enter(pid, cpu)
         self.stats.count_vm_event("pgfault")
         va &= ~(self.page_size - 1)
         vma = mm.vmas.find(va)

@@ -64,12 +64,7 @@ def apply(k: Kernel, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: 
     handler = _HANDLERS.get(name)
     if handler is None:
         return
-    mm = k.mms.get(pid)
-    if mm is None:
-        mm = k.new_mm(pid)
-    cpu = k.cpu_of(cpu)
-    mm.cpumask.add(cpu)
-    k.current_cpu = cpu
+    mm = k.enter(pid, cpu)
     a = tuple(int(x) for x in args) + (0,) * (6 - len(args))
     try:
         handler(k, mm, a, ret)
