@@ -34,6 +34,7 @@ class Thread:
     first_icount: int = 0
     last_icount: int = 0
     exited: bool = False
+    stall_ns: float = 0.0  # simulated time spent in the model's synchronous work (MADV_COLLAPSE)
 
     @property
     def instructions(self) -> int:
@@ -184,7 +185,7 @@ class Machine:
                 i += 1
 
     def _tick(self, th: Thread) -> None:
-        now = th.last_icount * self.options.ns_per_insn
+        now = th.last_icount * self.options.ns_per_insn + th.stall_ns
         if now > self.now_ns:
             self.now_ns = now
             if self.khugepaged is not None and self.options.khugepaged:
@@ -226,7 +227,14 @@ class Machine:
                                  "args": list(args), "ret": ret,
                                  "text": syscalls.decode(self.arch, nr, args, ret).text})
         if self.kernel is not None:
+            records = getattr(self.khugepaged, "madvise_records", None)
+            before = len(records) if records is not None else 0
             self.kernel.syscall(pid, vcpu, name, args, ret)
+            # MADV_COLLAPSE runs in the calling thread: its estimated duration is
+            # that thread's time, as the guest would have waited for it.
+            if records is not None and len(records) > before:
+                self.threads[(pid, vcpu)].stall_ns += sum(
+                    r.t_end_ns - r.t_start_ns for r in records[before:])
 
     def _exit_process(self, proc: Process) -> None:
         if proc.exited:

@@ -41,7 +41,8 @@ def build_result(machine: Any, binary: str, argv: list[str],
             "accesses": {"read": int(r.sum()), "write": int(w.sum())},
             "pages_touched": proc.pages.nr_pages,
         })
-    vcpus = [{"pid": t.pid, "vcpu": t.vcpu, "thread": t.index, "instructions": t.instructions}
+    vcpus = [{"pid": t.pid, "vcpu": t.vcpu, "thread": t.index, "instructions": t.instructions,
+              "stall_ns": int(t.stall_ns)}
              for t in machine.all_threads]
     names = Counter(s["name"] for s in machine.syscall_log)
     result: dict[str, Any] = {

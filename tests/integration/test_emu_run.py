@@ -252,3 +252,16 @@ def test_impossible_configurations_one_line_exit_2(opts, words):
     p = emu("run", *opts, "--", guest("x86_64", "touch"), check=False)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_madv_collapse_result_reported_and_charged_to_caller(tmp_path, arch):
+    """QEMU returns 0 to the guest without collapsing; emu reports the model's own
+    result and charges the collapse's estimated duration to the calling thread."""
+    result, truth = run_json(tmp_path, guest(arch, "collapse"), opts=("--thp", "madvise"))
+    assert truth["ret"] == 0                       # what QEMU told the guest
+    calls = result["khugepaged"]["madvise_collapse"]
+    assert len(calls) == 1 and calls[0]["start"] == truth["region"]["start"]
+    assert calls[0]["ret"] == 0 and calls[0]["pmds"][0]["result"] == "SCAN_SUCCEED"
+    assert calls[0]["duration_ns"] > 0
+    assert [v["stall_ns"] for v in result["vcpus"]] == [calls[0]["duration_ns"]]
