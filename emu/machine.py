@@ -22,6 +22,9 @@ from emu.counting import PageCounts
 from emu.trace import events as ev
 from emu.trace.format import F_ABSORBED
 
+# A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
+PMD_SIZE = 2 << 20
+
 # Fault kinds as the hardware names them -> the kernel's access codes.
 _ACCESS = {"read": 0, "write": 1, "fetch": 2}
 
@@ -49,6 +52,22 @@ class Process:
     exit_status: int | None = None
     vmas: list[Any] = field(default_factory=list)   # snapshot taken at exit
     exited: bool = False
+
+
+@dataclass
+class CollapseWindow:
+    """A PMD a collapse held cleared over [t0, t1) of simulated time.
+
+    A thread whose access lands in the PMD inside the window finds the entry
+    cleared, faults and waits on the collapse until t1 (once per window).
+    """
+
+    pid: int
+    start: int
+    end: int
+    t0: float
+    t1: float
+    waited: set[int] = field(default_factory=set)   # id() of threads that stalled
 
 
 @dataclass
@@ -82,6 +101,12 @@ class Machine:
         self.nr_fetch = 0
         self.unresolved_faults = 0
         self.utlb_hits = 0
+        self.windows: list[CollapseWindow] = []
+        self.collapse_stalls = 0
+        self.collapse_stall_ns = 0.0
+        tracer = getattr(khugepaged, "tracer", None)
+        if tracer is not None:
+            tracer.listeners.append(self._on_trace)
         self.now_ns = 0.0
 
     # -- processes and threads -------------------------------------------------
@@ -147,6 +172,8 @@ class Machine:
             counts = np.ascontiguousarray(run["count"])
             proc.pages.add(kinds, addrs, counts)
             self.nr_fetch += int(np.count_nonzero(kinds == ev.FETCH))
+            if self.windows:
+                self._collapse_stall(th, run["icount"], addrs)
             if self.hw is not None and self.kernel is not None:
                 if self.options.utlb:
                     kinds, addrs, counts = self._absorbed(vcpu, run["pad"], kinds, addrs,
@@ -183,6 +210,34 @@ class Machine:
                 # lacks a mapping it should have.  Count it and go on.
                 self.unresolved_faults += 1
                 i += 1
+
+    def _on_trace(self, e: Any) -> None:
+        """Open a window for every collapse that cleared a PMD."""
+        att = e.args.get("attempt") if e.name == "mm_collapse_huge_page" else None
+        if att is None or att.pmd_cleared_ns is None:
+            return
+        t0, t1 = att.pmd_cleared_ns
+        start = att.address & ~(PMD_SIZE - 1)
+        self.windows.append(CollapseWindow(att.mm.pid, start, start + PMD_SIZE, t0, t1))
+
+    def _collapse_stall(self, th: Thread, icounts: np.ndarray, addrs: np.ndarray) -> None:
+        """Charge the wait of a thread that touched a PMD while a collapse held it."""
+        ns = self.options.ns_per_insn
+        for w in self.windows:
+            if w.pid != th.pid or id(th) in w.waited:
+                continue
+            t = icounts * ns + th.stall_ns
+            hit = (addrs >= w.start) & (addrs < w.end) & (t >= w.t0) & (t < w.t1)
+            if hit.any():
+                wait = w.t1 - float(t[int(np.argmax(hit))])
+                th.stall_ns += wait
+                w.waited.add(id(th))
+                self.collapse_stalls += 1
+                self.collapse_stall_ns += wait
+        # A window is over once every thread of its process has run past it.
+        self.windows = [w for w in self.windows if any(
+            not t.exited and t.pid == w.pid and t.last_icount * ns + t.stall_ns < w.t1
+            for t in self.all_threads)]
 
     def _tick(self, th: Thread) -> None:
         now = th.last_icount * self.options.ns_per_insn + th.stall_ns

@@ -8,6 +8,7 @@ every PTE is as it was.  Each step advances ``cc.now_ns`` by an estimated durati
 """
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +66,15 @@ class Tracer:
     max_events: int = 200_000
     dropped: int = 0
     counts: Counter = field(default_factory=Counter)
+    # Called with every event, capped list or not (the machine's collapse windows).
+    listeners: list[Callable[[TraceEvent], None]] = field(default_factory=list)
 
     def emit(self, name: str, t_ns: int, **args: Any) -> None:
         self.counts[(name, args.get("status"), args.get("order"))] += 1
+        if self.listeners:
+            ev = TraceEvent(name, t_ns, args)
+            for listener in self.listeners:
+                listener(ev)
         if not self.enabled:
             return
         if len(self.events) >= self.max_events:

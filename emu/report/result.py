@@ -83,4 +83,6 @@ def build_result(machine: Any, binary: str, argv: list[str],
         }
     if machine.khugepaged is not None and hasattr(machine.khugepaged, "report"):
         result["khugepaged"] = machine.khugepaged.report()
+        result["khugepaged"]["guest_stalls"] = {"count": machine.collapse_stalls,
+                                                "total_ns": int(machine.collapse_stall_ns)}
     return result

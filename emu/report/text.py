@@ -62,6 +62,10 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         from emu.kernel.collapse_kernel import render_report
         add("")
         add(render_report(result["khugepaged"]))
+        stalls = result["khugepaged"].get("guest_stalls", {})
+        if stalls.get("count"):
+            add(f"   guest threads stalled on a PMD being collapsed: {stalls['count']:,} times,"
+                f" {stalls['total_ns'] / 1e3:,.1f} us in all (estimated)")
     add("")
     add(" VMAs (final layout per process; pages touched, reads, writes):")
     for v in result["vmas"]:

@@ -99,3 +99,43 @@ def test_sparse_regions_collapse_to_64k_when_only_64k_is_enabled(arch):
     # 64 populated pages per PMD: four 64 KiB blocks each, max_ptes_none 511.
     assert report["collapses_by_size_kb"] == {64: 4 * NR_PMDS}
     assert 2048 not in report["collapses_by_size_kb"]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_guest_stalls_on_pmds_a_collapse_holds(arch):
+    """A thread reading a PMD while khugepaged has it cleared waits until the collapse
+    installs the new mapping: the stall is counted and charged to its clock."""
+    from emu.guest.elf import inspect_elf
+    from emu.guest.qemu import GuestRun
+    from emu.report.result import build_result
+    from emu.session import build_machine, model_args
+    from emu.trace.reader import iter_batches
+
+    binary = _guest(arch)
+    elf = inspect_elf(binary)
+    machine = build_machine(elf.arch, elf, model_args(ns_per_insn=20.0, thp="never",
+                                                       khugepaged="fast"))
+    k = machine.kernel
+    windows = []
+    machine.khugepaged.tracer.listeners.append(
+        lambda e: windows.append(e.args["attempt"].pmd_cleared_ns)
+        if e.name == "mm_collapse_huge_page" and e.args["attempt"].pmd_cleared_ns else None)
+
+    def on_mark(i):
+        if i == 2:
+            k.config.enabled = "always"
+
+    machine.markers = _Marks(on_mark)
+    with GuestRun(binary, ["-r", str(NR_PMDS), "-i", "60"], arch=elf.arch) as guest:
+        for batch in iter_batches(guest.stream):
+            machine.feed(batch)
+        machine.finish()
+        assert guest.wait() == 0
+    result = build_result(machine, binary, [binary], 0)
+    stalls = result["khugepaged"]["guest_stalls"]
+    assert len(windows) == NR_PMDS
+    # One thread, at most one wait per window, never longer than the window.
+    assert 0 < stalls["count"] <= len(windows)
+    assert 0 < stalls["total_ns"] <= sum(t1 - t0 for t0, t1 in windows)
+    print(arch, stalls, "windows", len(windows))
+    assert result["vcpus"][0]["stall_ns"] == stalls["total_ns"]
