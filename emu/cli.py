@@ -23,6 +23,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fragment", metavar="FRACTION[:ORDER]",
                    help="pre-fragment memory: in FRACTION of the blocks of 2**(ORDER+1) frames"
                         " pin one frame, so higher-order allocations can fail (ORDER default 0)")
+    g.add_argument("--at-mark", action="append", metavar="ID:SETTING", default=[],
+                   help="when the guest calls emu_mark(ID), apply SETTING as an admin writing"
+                        " sysfs would: thp=MODE, mthp=SIZES or a khugepaged knob, e.g."
+                        " 2:thp=always, 2:mthp=64K=always, 2:max_ptes_none=0 (repeatable)")
     g.add_argument("--khugepaged", choices=["off", "default", "fast"], default="off",
                    help="run khugepaged with kernel defaults or the fast preset")
     g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19")

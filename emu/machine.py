@@ -12,6 +12,7 @@ vCPU index: processes time-share CPUs, told apart by their ASID.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,8 @@ class Machine:
         self.unresolved_faults = 0
         self.utlb_hits = 0
         self.windows: list[CollapseWindow] = []
+        # emu_mark(id) -> settings to apply (--at-mark), as an admin writing sysfs.
+        self.mark_actions: dict[int, list[Callable[[], None]]] = {}
         self.collapse_stalls = 0
         self.collapse_stall_ns = 0.0
         tracer = getattr(khugepaged, "tracer", None)
@@ -264,18 +267,22 @@ class Machine:
         if kind == ev.VCPU_EXIT:
             th.exited = True
         elif kind == ev.MARK:
-            self.markers.append({"pid": pid, "vcpu": vcpu, "id": int(rec["addr"]),
-                                 "instructions": icount})
+            self._marker(pid, vcpu, int(rec["addr"]), icount)
         elif kind == ev.SYSCALL:
             self._syscall(pid, vcpu, syscalls[int(rec["count"])])
+
+    def _marker(self, pid: int, vcpu: int, mark_id: int, icount: int) -> None:
+        """emu_mark(id): record it, then run what the user asked for at this mark."""
+        self.markers.append({"pid": pid, "vcpu": vcpu, "id": mark_id, "instructions": icount})
+        for action in self.mark_actions.get(mark_id, ()):
+            action()
 
     def _syscall(self, pid: int, vcpu: int, sc: np.void) -> None:
         nr = int(sc["nr"])
         args = tuple(int(a) for a in sc["args"])
         ret = int(sc["ret"])
         if nr == ev.EMU_MARK_NR:
-            self.markers.append({"pid": pid, "vcpu": vcpu, "id": args[0],
-                                 "instructions": self.threads[(pid, vcpu)].last_icount})
+            self._marker(pid, vcpu, args[0], self.threads[(pid, vcpu)].last_icount)
             return
         name = self.systab.name(nr)
         self.syscall_log.append({"pid": pid, "vcpu": vcpu, "nr": nr, "name": name,

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,9 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
     if args.no_hw:
         from emu.kernel.config import ThpConfig
         kernel = _kernel(arch, ThpConfig.kernel_defaults(), None, args)
-        return Machine(arch, elf, kernel=kernel, options=options)
+        machine = Machine(arch, elf, kernel=kernel, options=options)
+        machine.mark_actions = _mark_actions(args.at_mark, machine)
+        return machine
     from emu.arch import get_arch
     from emu.arch.profile import default_profile, load_profile
     from emu.hw.hardware import Hardware
@@ -106,8 +109,49 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
     preset = "default" if args.khugepaged == "off" else args.khugepaged
     khugepaged = attach_khugepaged(kernel, preset=preset, algo=args.collapse_algo)
     options.khugepaged = args.khugepaged != "off"
-    return Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged,
-                   options=options)
+    machine = Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged,
+                      options=options)
+    machine.mark_actions = _mark_actions(args.at_mark, machine)
+    return machine
+
+
+def _mark_actions(specs: list[str], machine: Machine) -> dict[int, list[Any]]:
+    """--at-mark ID:SETTING, checked now so that a typo fails before the guest runs."""
+    from emu.kernel.config import parse_mthp, parse_thp
+    from emu.kernel.khugepaged_knobs import KhugepagedKnobs
+
+    actions: dict[int, list[Any]] = {}
+    cfg = machine.kernel.config
+    knobs = set(vars(KhugepagedKnobs()))
+    for spec in specs:
+        mark, _, setting = spec.partition(":")
+        name, _, value = setting.partition("=")
+        try:
+            mark_id = int(mark, 0)
+        except ValueError:
+            raise EmuError(f"--at-mark {spec}: give ID:SETTING, e.g. 2:thp=always") from None
+        if name == "thp":
+            action = partial(setattr, cfg, "enabled", parse_thp(value))
+        elif name == "mthp":
+            action = partial(cfg.hugepages.update, parse_mthp(value))
+        elif name in knobs:
+            if machine.khugepaged is None:
+                raise EmuError(f"--at-mark {spec}: khugepaged knobs need the model (not --no-hw)")
+            try:
+                number = int(value, 0)
+            except ValueError:
+                raise EmuError(f"--at-mark {spec}: {name} takes a number") from None
+            KhugepagedKnobs().set(name, number)      # the sysfs range check, now
+            action = partial(_set_knob, machine, name, number)
+        else:
+            raise EmuError(f"--at-mark {spec}: unknown setting {name!r} (thp, mthp or a "
+                           "khugepaged knob)")
+        actions.setdefault(mark_id, []).append(action)
+    return actions
+
+
+def _set_knob(machine: Machine, name: str, value: int) -> None:
+    machine.khugepaged.khugepaged.set_knob(name, value, int(machine.now_ns))
 
 
 def _memory_frames(text: str) -> int:

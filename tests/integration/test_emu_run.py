@@ -265,3 +265,19 @@ def test_madv_collapse_result_reported_and_charged_to_caller(tmp_path, arch):
     assert calls[0]["ret"] == 0 and calls[0]["pmds"][0]["result"] == "SCAN_SUCCEED"
     assert calls[0]["duration_ns"] > 0
     assert [v["stall_ns"] for v in result["vcpus"]] == [calls[0]["duration_ns"]]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_at_mark_switches_thp_like_an_admin(tmp_path, arch):
+    """sparse populates with THP off; --at-mark 2:thp=always turns it on after that,
+    and khugepaged then collapses every populated PMD (without it: none)."""
+    binary = guest(arch, "sparse")
+    opts = ("--khugepaged", "fast", "--thp", "never", "--ns-per-insn", "20")
+    base, _ = run_json(tmp_path, binary, "-r", "8", opts=opts)
+    (tmp_path / "r.json").unlink()
+    switched, truth = run_json(tmp_path, binary, "-r", "8",
+                               opts=(*opts, "--at-mark", "2:thp=always"))
+    assert truth["pmds"] == 8
+    assert base["khugepaged"]["collapses_by_size_kb"] == {}
+    assert switched["khugepaged"]["collapses_by_size_kb"] == {"2048": 8}
+    assert [m["id"] for m in switched["markers"]][:2] == [1, 2]
