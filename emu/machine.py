@@ -26,6 +26,10 @@ from emu.trace.format import F_ABSORBED
 # A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
 PMD_SIZE = 2 << 20
 
+# A fault the kernel says it fixed may fault again (COW after a read fault, a
+# split): this many tries on one access, then it counts as unresolved.
+MAX_FAULT_RETRIES = 4
+
 # Fault kinds as the hardware names them -> the kernel's access codes.
 _ACCESS = {"read": 0, "write": 1, "fetch": 2}
 
@@ -101,6 +105,7 @@ class Machine:
         self.nr_events = 0
         self.nr_fetch = 0
         self.unresolved_faults = 0
+        self.unresolved: list[dict[str, Any]] = []
         self.utlb_hits = 0
         self.windows: list[CollapseWindow] = []
         # emu_mark(id) -> settings to apply (--at-mark), as an admin writing sysfs.
@@ -202,17 +207,26 @@ class Machine:
         mm = self.kernel.mm(pid)
         cpu %= self.hw.nr_cpus
         i, n = 0, len(kinds)
+        retries = 0
         while i < n:
+            at = i
             i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n)
             if i >= n:
                 break
+            retries = retries + 1 if i == at else 0
             f = self.hw.fault
             access = _ACCESS[f.kind]
-            if not self.kernel.handle_mm_fault(pid, cpu, f.va, access, f.reason):
+            if (retries >= MAX_FAULT_RETRIES
+                    or not self.kernel.handle_mm_fault(pid, cpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model
-                # lacks a mapping it should have.  Count it and go on.
+                # lacks a mapping it should have (or keeps faulting on it).  Count it,
+                # remember the first few, and go on.
                 self.unresolved_faults += 1
+                if len(self.unresolved) < 16:
+                    self.unresolved.append({"pid": pid, "va": f.va, "kind": f.kind,
+                                            "level": f.level, "reason": f.reason})
                 i += 1
+                retries = 0
 
     def _on_trace(self, e: Any) -> None:
         """Open a window for every collapse that cleared a PMD."""

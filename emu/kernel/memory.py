@@ -131,6 +131,11 @@ class FaultMixin:
             pte = int(store.table(table)[idx])
         if write and not arch.writable(pte):
             return self._do_wp_page(mm, vma, va, pte)
+        if access == ACCESS_EXEC and not arch.executable(pte) and vma.flags & VM_EXEC:
+            # The VMA became executable after this page was mapped from a guess
+            # (an implicit area QEMU set up unseen): take the VMA's protection.
+            pt.set_pte(mm, va, arch.modify_prot(pte, self._pte_prot(vma, arch.writable(pte))))
+            pte = int(store.table(table)[idx])
         # ptep_set_access_flags(): hardware without AF/DBM updates faults here
         new = arch.mkyoung(pte)
         if write:

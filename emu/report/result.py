@@ -71,6 +71,7 @@ def build_result(machine: Any, binary: str, argv: list[str],
                          "total": _sum_counters(list(per_cpu.values())),
                          "per_cpu": per_cpu,
                          "unresolved_faults": machine.unresolved_faults,
+                         "unresolved_first": machine.unresolved,
                          "utlb": {"entries": machine.options.utlb,
                                   "hits": machine.utlb_hits}}
     if machine.kernel is not None and machine.hw is not None:
