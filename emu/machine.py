@@ -20,6 +20,7 @@ import numpy as np
 
 from emu.arch import syscalls
 from emu.counting import PageCounts
+from emu.kernel.thpmaps import vma_census
 from emu.trace import events as ev
 from emu.trace.format import F_ABSORBED
 
@@ -56,6 +57,7 @@ class Process:
     pages: PageCounts = field(default_factory=PageCounts)
     exit_status: int | None = None
     vmas: list[Any] = field(default_factory=list)   # snapshot taken at exit
+    mapped: list[dict[str, int]] = field(default_factory=list)  # per VMA, at exit
     exited: bool = False
 
 
@@ -320,7 +322,11 @@ class Machine:
             if th.pid == proc.pid:
                 th.exited = True
         if self.kernel is not None:
-            proc.vmas = list(self.kernel.mm(proc.pid).vmas)
+            mm = self.kernel.mm(proc.pid)
+            proc.vmas = list(mm.vmas)
+            if self.hw is not None:
+                # What mapped each VMA at the end, before exit tears it down.
+                proc.mapped = [vma_census(self.kernel, mm, v.start, v.end) for v in proc.vmas]
             self.kernel.exit_mm(proc.pid)
 
     def finish(self) -> None:
@@ -336,7 +342,7 @@ class Machine:
         out = []
         pages, reads, writes = proc.pages.arrays()
         seen = np.zeros(len(pages), dtype=bool)
-        for vma in proc.vmas:
+        for n, vma in enumerate(proc.vmas):
             lo = int(np.searchsorted(pages, vma.start >> ev.PAGE_SHIFT))
             hi = int(np.searchsorted(pages, vma.end >> ev.PAGE_SHIFT))
             seen[lo:hi] = True
@@ -344,7 +350,8 @@ class Machine:
                         "name": vma.name, "flags": vma.flag_str(),
                         "pages_touched": hi - lo,
                         "accesses": {"read": int(reads[lo:hi].sum()),
-                                     "write": int(writes[lo:hi].sum())}})
+                                     "write": int(writes[lo:hi].sum())},
+                        "mapped": proc.mapped[n] if proc.mapped else {}})
         rest = ~seen
         if rest.any():
             # Touched, then unmapped before the process ended.

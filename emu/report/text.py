@@ -74,6 +74,9 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         add(f"   pid {v['pid']:<7} {_hex(v['start'])}-{_hex(v['end'])} {v['kind']:<9}"
             f" {v['pages_touched']:>9,} pages {v['accesses']['read']:>14,} R"
             f" {v['accesses']['write']:>14,} W  {v['name']}")
+        if v.get("mapped"):
+            add("        mapped at exit (pages): "
+                + ", ".join(f"{k} {n:,}" for k, n in v["mapped"].items()))
     counts = result["syscall_counts"]
     if counts:
         add("")

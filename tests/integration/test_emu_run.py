@@ -318,3 +318,19 @@ def test_dynamic_binary_under_the_whole_model(tmp_path, arch, cc):
     result = json.loads(out.read_text())
     assert result["tlb"]["unresolved_faults"] == 0, result["tlb"]["unresolved_first"]
     assert result["pages_touched"] >= 1024
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("opts,want", [
+    (("--thp", "never"), {"4K": 512}),
+    (("--thp", "never", "--mthp", "64K=always"), {"64K": 512}),
+    (("--thp", "always"), {"2M-pmd": 512}),
+])
+def test_thpmaps_census_of_the_region(tmp_path, arch, opts, want):
+    """The region's VMA reports, at exit, which folio sizes map its pages (thpmaps)."""
+    result, truth = run_json(tmp_path, guest(arch, "touch"), "-m", "2", opts=opts)
+    mapped = dict(region_vma(result, truth)["mapped"])
+    cont = mapped.pop("cont", 0)
+    # the VMA also holds the 2 MiB of alignment slack, never touched
+    assert mapped == want
+    assert cont == (512 if arch == "arm64" and "64K" in want else 0)
