@@ -11,6 +11,7 @@ with the reason, where the host lacks MADV_COLLAPSE or THP.
 import ctypes
 import errno
 import os
+import subprocess
 import sys
 
 import pytest
@@ -89,6 +90,18 @@ def _native(written, read, advice, length) -> tuple[int, bool]:
         _libc.munmap(raw, size)
 
 
+def _native_isolated(written, read, advice, length) -> tuple[int, bool]:
+    """_native in a fresh process: the test process's own mappings (a neighbour the
+    new mmap merges with, memory earlier tests left) must not colour the host's answer."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            "import test_khugepaged_differential as t; "
+            f"print(*t._native({written!r}, {read!r}, {advice!r}, {length!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, check=True)
+    ret, mapped = p.stdout.split()
+    return int(ret), mapped == "True"
+
+
 def _host_thp_config() -> ThpConfig:
     """The model gets the host's THP settings, so fault-time sizes match too."""
     enabled = open(f"{THP}/enabled").read().split("[")[1].split("]")[0]
@@ -123,9 +136,9 @@ def test_madvise_collapse_matches_host_kernel(name, written, read, advice, lengt
     why = _host_ok()
     if why:
         pytest.skip(why)
-    full = _native(range(512), (), None, PMD)
+    full = _native_isolated(range(512), (), None, PMD)
     if full[0] == -errno.EINVAL:
         pytest.skip("host kernel has no MADV_COLLAPSE (EINVAL on a full PMD)")
-    host = _native(written, read, advice, length)
+    host = _native_isolated(written, read, advice, length)
     model = _model(written, read, advice, length)
     assert model == host, f"{name}: host (ret, pmd_mapped)={host}, emu={model}"
