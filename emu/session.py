@@ -77,40 +77,32 @@ def model_args(**overrides: Any) -> argparse.Namespace:
 
 
 def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
-    if not args.ns_per_insn > 0:
-        raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
-    options = RunOptions(ns_per_insn=args.ns_per_insn,
-                         utlb=getattr(args, "utlb", 0))
-    if args.no_hw:
-        from emu.kernel.config import ThpConfig
-        kernel = _kernel(arch, ThpConfig.kernel_defaults(), None, args)
-        machine = Machine(arch, elf, kernel=kernel, options=options)
-        machine.mark_actions = _mark_actions(args.at_mark, machine)
-        return machine
-    from emu.arch import get_arch
-    from emu.arch.profile import default_profile, load_profile
-    from emu.hw.hardware import Hardware
     from emu.kernel.config import ThpConfig, config_from_cli
 
-    profile = load_profile(args.profile or default_profile(arch))
-    if profile.arch != arch:
-        raise EmuError(f"profile {profile.name} is for {profile.arch}, the guest is {arch}")
-    if args.config:
-        config = ThpConfig.from_toml(args.config)
-        if args.thp or args.mthp:
-            config = config_from_cli(args.thp, args.mthp, base=config)
+    if not args.ns_per_insn > 0:
+        raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
+    options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
+                         khugepaged=args.khugepaged != "off" and not args.no_hw)
+    hw = khugepaged = None
+    if args.no_hw:
+        kernel = _kernel(arch, ThpConfig.kernel_defaults(), None, args)
     else:
-        config = config_from_cli(args.thp, args.mthp)
-    kernel = _kernel(arch, config, None, args)
-    hw = Hardware(get_arch(arch), profile, kernel.physmem, NR_CPUS)
-    kernel.hw = hw
-    # MADV_COLLAPSE works whether or not the khugepaged thread runs.
-    from emu.kernel.khugepaged import attach_khugepaged
-    preset = "default" if args.khugepaged == "off" else args.khugepaged
-    khugepaged = attach_khugepaged(kernel, preset=preset, algo=args.collapse_algo)
-    options.khugepaged = args.khugepaged != "off"
-    machine = Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged,
-                      options=options)
+        from emu.arch import get_arch
+        from emu.arch.profile import default_profile, load_profile
+        from emu.hw.hardware import Hardware
+        from emu.kernel.khugepaged import attach_khugepaged
+
+        profile = load_profile(args.profile or default_profile(arch))
+        if profile.arch != arch:
+            raise EmuError(f"profile {profile.name} is for {profile.arch}, the guest is {arch}")
+        kernel = _kernel(arch, config_from_cli(args.thp, args.mthp, toml=args.config), None,
+                         args)
+        hw = Hardware(get_arch(arch), profile, kernel.physmem, NR_CPUS)
+        kernel.hw = hw
+        # MADV_COLLAPSE works whether or not the khugepaged thread runs.
+        preset = "default" if args.khugepaged == "off" else args.khugepaged
+        khugepaged = attach_khugepaged(kernel, preset=preset, algo=args.collapse_algo)
+    machine = Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged, options=options)
     machine.mark_actions = _mark_actions(args.at_mark, machine)
     return machine
 
