@@ -19,8 +19,19 @@ SIDES = ("instr", "data", "unified")
 REPLACEMENTS = ("lru",)
 
 
+class _SetAssociative:
+    """entries split into ways: what a TLB array and a walk cache have in common."""
+
+    entries: int
+    ways: int
+
+    @property
+    def sets(self) -> int:
+        return self.entries // self.ways
+
+
 @dataclass(frozen=True)
-class TlbSpec:
+class TlbSpec(_SetAssociative):
     """One set-associative TLB array."""
 
     name: str
@@ -31,13 +42,9 @@ class TlbSpec:
     ways: int
     source: str = ""
 
-    @property
-    def sets(self) -> int:
-        return self.entries // self.ways
-
 
 @dataclass(frozen=True)
-class PscSpec:
+class PscSpec(_SetAssociative):
     """A paging-structure (walk) cache for the descriptors of one upper level."""
 
     name: str
@@ -45,10 +52,6 @@ class PscSpec:
     entries: int
     ways: int
     source: str = ""
-
-    @property
-    def sets(self) -> int:
-        return self.entries // self.ways
 
 
 @dataclass(frozen=True)

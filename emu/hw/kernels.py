@@ -28,6 +28,7 @@ checks it.
 import numpy as np
 from numba import njit
 
+from emu.arch import SIZE_1G, SIZE_2M, SIZE_4K
 from emu.arch import arm64 as A64
 from emu.arch import x86_64 as X86
 
@@ -190,6 +191,16 @@ def _group_ok(tables, slot, idx, d, n, arch_id):
 
 
 @njit(cache=True, inline="always", _nrt=False)
+def _leaf_size(lvl):
+    """SIZE_* code of a leaf descriptor at this level (PTE 4K, PMD 2M, PUD 1G)."""
+    if lvl == 3:
+        return SIZE_4K
+    if lvl == 2:
+        return SIZE_2M
+    return SIZE_1G
+
+
+@njit(cache=True, inline="always", _nrt=False)
 def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesce,
          ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, cnt, fault):
     """Translate ``va`` through the page tables, updating A/D (x86) or AF/DBM (arm64).
@@ -265,12 +276,7 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                             cnt[C_D_SET] += 1
                         tables[slot, idx] = nd
                         d = nd
-                    if lvl == 3:
-                        size = 0
-                    elif lvl == 2:
-                        size = 3
-                    else:
-                        size = 5
+                    size = _leaf_size(lvl)
                     flags = 0
                     if rw:
                         flags |= F_W
@@ -326,12 +332,7 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                     if nd != d:
                         tables[slot, idx] = nd
                         d = nd
-                    if lvl == 3:
-                        size = 0
-                    elif lvl == 2:
-                        size = 3
-                    else:
-                        size = 5
+                    size = _leaf_size(lvl)
                     flags = 0
                     if not d & np.uint64(A64.RDONLY):
                         flags |= F_W | F_DIRTY
