@@ -15,14 +15,14 @@ import time
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emu.errors import EmuError
 from emu.guest.elf import ElfInfo, Segment, inspect_elf
-from emu.machine import Machine, RunOptions
-from emu.report.result import build_result
-from emu.report.text import render
-from emu.trace.events import Batch
+
+if TYPE_CHECKING:
+    from emu.machine import Machine
+    from emu.trace.events import Batch
 
 # TLB state is kept for this many CPUs; vCPU n runs on CPU n mod NR_CPUS.
 NR_CPUS = 64
@@ -76,44 +76,78 @@ def model_args(**overrides: Any) -> argparse.Namespace:
     return args
 
 
-def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace) -> Machine:
+@dataclasses.dataclass
+class ModelPlan:
+    """Every model option, parsed and checked, before anything heavy is built.
+
+    `emu run` makes the plan, starts the guest, then builds the model while
+    QEMU already runs: bad input still fails before the guest starts.
+    """
+
+    arch: str
+    args: argparse.Namespace
+    config: Any            # ThpConfig
+    profile: Any | None    # TlbProfile, None with --no-hw
+    frames: int
+    fragment: tuple[float, int]
+    marks: list[tuple[int, str, Any]]
+
+
+def plan_model(arch: str, args: argparse.Namespace) -> ModelPlan:
+    """Parse and check the model options (raises EmuError on bad input)."""
     from emu.kernel.config import ThpConfig, config_from_cli
 
     if not args.ns_per_insn > 0:
         raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
-    options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
-                         khugepaged=args.khugepaged != "off" and not args.no_hw)
-    hw = khugepaged = None
+    profile = None
     if args.no_hw:
-        kernel = _kernel(arch, ThpConfig.kernel_defaults(), None, args)
+        config = ThpConfig.kernel_defaults()
     else:
-        from emu.arch import get_arch
         from emu.arch.profile import default_profile, load_profile
-        from emu.hw.hardware import Hardware
-        from emu.kernel.khugepaged import attach_khugepaged
 
         profile = load_profile(args.profile or default_profile(arch))
         if profile.arch != arch:
             raise EmuError(f"profile {profile.name} is for {profile.arch}, the guest is {arch}")
-        kernel = _kernel(arch, config_from_cli(args.thp, args.mthp, toml=args.config), None,
-                         args)
-        hw = Hardware(get_arch(arch), profile, kernel.physmem, NR_CPUS)
+        config = config_from_cli(args.thp, args.mthp, toml=args.config)
+    return ModelPlan(arch, args, config, profile, _memory_frames(args.memory),
+                     _fragment(args.fragment), _parse_marks(args.at_mark, args.no_hw))
+
+
+def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan) -> Machine:
+    """The Machine for these options (or for a plan made by plan_model)."""
+    from emu.kernel.kernel import Kernel
+    from emu.machine import Machine, RunOptions
+    from emu.mem import PhysMem
+
+    plan = args if isinstance(args, ModelPlan) else plan_model(arch, args)
+    args = plan.args
+    options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
+                         khugepaged=args.khugepaged != "off" and not args.no_hw)
+    frac, order = plan.fragment
+    kernel = Kernel(arch, plan.config, None, PhysMem(plan.frames), fragment=frac,
+                    fragment_max_order=order)
+    hw = khugepaged = None
+    if plan.profile is not None:
+        from emu.arch import get_arch
+        from emu.hw.hardware import Hardware
+        from emu.kernel.khugepaged import attach_khugepaged
+
+        hw = Hardware(get_arch(arch), plan.profile, kernel.physmem, NR_CPUS)
         kernel.hw = hw
         # MADV_COLLAPSE works whether or not the khugepaged thread runs.
         preset = "default" if args.khugepaged == "off" else args.khugepaged
         khugepaged = attach_khugepaged(kernel, preset=preset, algo=args.collapse_algo)
     machine = Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged, options=options)
-    machine.mark_actions = _mark_actions(args.at_mark, machine)
+    machine.mark_actions = _mark_actions(plan.marks, machine)
     return machine
 
 
-def _mark_actions(specs: list[str], machine: Machine) -> dict[int, list[Any]]:
-    """--at-mark ID:SETTING, checked now so that a typo fails before the guest runs."""
+def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
+    """--at-mark ID:SETTING as (id, setting, value), checked before the guest runs."""
     from emu.kernel.config import parse_mthp, parse_thp
     from emu.kernel.khugepaged_knobs import KhugepagedKnobs
 
-    actions: dict[int, list[Any]] = {}
-    cfg = machine.kernel.config
+    marks: list[tuple[int, str, Any]] = []
     knobs = set(vars(KhugepagedKnobs()))
     for spec in specs:
         mark, _, setting = spec.partition(":")
@@ -123,21 +157,35 @@ def _mark_actions(specs: list[str], machine: Machine) -> dict[int, list[Any]]:
         except ValueError:
             raise EmuError(f"--at-mark {spec}: give ID:SETTING, e.g. 2:thp=always") from None
         if name == "thp":
-            action = partial(setattr, cfg, "enabled", parse_thp(value))
+            parsed: Any = parse_thp(value)
         elif name == "mthp":
-            action = partial(cfg.hugepages.update, parse_mthp(value))
+            parsed = parse_mthp(value)
         elif name in knobs:
-            if machine.khugepaged is None:
+            if no_hw:
                 raise EmuError(f"--at-mark {spec}: khugepaged knobs need the model (not --no-hw)")
             try:
-                number = int(value, 0)
+                parsed = int(value, 0)
             except ValueError:
                 raise EmuError(f"--at-mark {spec}: {name} takes a number") from None
-            KhugepagedKnobs().set(name, number)      # the sysfs range check, now
-            action = partial(_set_knob, machine, name, number)
+            KhugepagedKnobs().set(name, parsed)      # the sysfs range check, now
         else:
             raise EmuError(f"--at-mark {spec}: unknown setting {name!r} (thp, mthp or a "
                            "khugepaged knob)")
+        marks.append((mark_id, name, parsed))
+    return marks
+
+
+def _mark_actions(marks: list[tuple[int, str, Any]], machine: Machine) -> dict[int, list[Any]]:
+    """The parsed --at-mark settings as calls on this machine's kernel and khugepaged."""
+    actions: dict[int, list[Any]] = {}
+    cfg = machine.kernel.config
+    for mark_id, name, value in marks:
+        if name == "thp":
+            action = partial(setattr, cfg, "enabled", value)
+        elif name == "mthp":
+            action = partial(cfg.hugepages.update, value)
+        else:
+            action = partial(_set_knob, machine, name, value)
         actions.setdefault(mark_id, []).append(action)
     return actions
 
@@ -169,14 +217,6 @@ def _fragment(text: str | None) -> tuple[float, int]:
     if not 0.0 <= f <= 1.0 or not 0 <= o < 10:
         raise EmuError(f"--fragment {text}: FRACTION in [0, 1], ORDER in 0..9")
     return f, o
-
-
-def _kernel(arch: str, config: Any, hw: Any, args: argparse.Namespace) -> Any:
-    from emu.kernel.kernel import Kernel
-    from emu.mem import PhysMem
-    frac, order = _fragment(args.fragment)
-    return Kernel(arch, config, hw, PhysMem(_memory_frames(args.memory)),
-                  fragment=frac, fragment_max_order=order)
 
 
 # -- consuming the stream ---------------------------------------------------------------
@@ -223,6 +263,7 @@ def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
         except OSError as e:
             raise EmuError(f"{args.json}: cannot write: {e.strerror}") from None
     if not args.quiet:
+        from emu.report.text import render
         print(render(result, verbose=args.verbose), file=sys.stderr)
 
 
@@ -231,7 +272,6 @@ def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emu.guest.qemu import GuestRun
-    from emu.trace.reader import iter_batches
 
     if args.args[:1] == ["--"]:      # `emu run BINARY -- ARGS` on older argparse
         args.args = args.args[1:]
@@ -239,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
         raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")
     elf = inspect_elf(args.binary)
-    machine = build_machine(elf.arch, elf, args)
+    plan = plan_model(elf.arch, args)
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
             "elf": _elf_meta(elf), "utlb": args.utlb}
@@ -247,13 +287,20 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     with GuestRun(args.binary, args.args, arch=elf.arch, sysroot=args.sysroot,
                   plugin_args=plugin_args) as guest:
-        batches = iter_batches(guest.stream, record=args.record, force=args.force, meta=meta)
         try:
+            # The guest runs while the model loads (numba, page tables, TLB
+            # arrays): the stream's first events wait in memory meanwhile.
+            guest.stream.prefetch()
+            from emu.trace.reader import iter_batches
+            machine = build_machine(elf.arch, elf, plan)
+            batches = iter_batches(guest.stream, record=args.record, force=args.force,
+                                   meta=meta)
             consume(machine, batches, progress)
         except BaseException:
             guest.kill()
             raise
         status = guest.wait()
+    from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
     _write_outputs(args, result)
     return status
@@ -277,6 +324,7 @@ def replay(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     consume(machine, iter_batches(args.trace), progress)
     statuses = [p.exit_status for p in sorted(machine.processes.values(), key=lambda p: p.pid)]
+    from emu.report.result import build_result
     result = build_result(machine, argv[0], argv, statuses[0] if statuses else None)
     _write_outputs(args, result)
     return 0

@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,9 @@ DEFAULT_SYSROOTS = {"x86_64": "/", "arm64": "/usr/aarch64-linux-gnu"}
 _ARCH_ALIASES = {"x86_64": "x86_64", "x86-64": "x86_64", "amd64": "x86_64",
                  "arm64": "arm64", "aarch64": "arm64"}
 REPO = Path(__file__).resolve().parents[2]
+# While the model loads, the stream is drained into memory up to this much;
+# past it QEMU waits on the pipe as it would without a prefetch.
+PREFETCH_MAX = 1 << 30
 
 
 def normalize_arch(arch: str) -> str:
@@ -70,6 +75,60 @@ class _FifoStream:
             pass  # a smaller pipe only costs more wake-ups
         self.proc = proc
         self._connected = False
+        self._pending: deque[bytes] = deque()
+        self._pending_off = 0
+        self._eof = False
+        self._error: OSError | None = None
+        self._drainer: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def prefetch(self, limit: int = PREFETCH_MAX) -> None:
+        """Drain the FIFO into memory in a thread until the first readinto().
+
+        QEMU starts as soon as the options are checked, while emu imports and
+        builds the model (about a second); without a reader the pipe would
+        fill within milliseconds and stall the guest for all that time.
+        """
+        self._drainer = threading.Thread(target=self._drain, args=(limit,),
+                                         name="emu-fifo-prefetch", daemon=True)
+        self._drainer.start()
+
+    def _drain(self, limit: int) -> None:
+        try:
+            if not self._wait_connected():
+                self._eof = True
+                return
+            p = select.poll()
+            p.register(self._fd, select.POLLIN | select.POLLHUP)
+            total = 0
+            while total < limit and not self._stop.is_set():
+                if not p.poll(20):
+                    continue
+                data = os.read(self._fd, 1 << 20)
+                if not data:
+                    self._eof = True
+                    return
+                self._pending.append(data)
+                total += len(data)
+        except OSError as e:
+            self._error = e
+
+    def _end_prefetch(self) -> None:
+        self._stop.set()
+        self._drainer.join()
+        self._drainer = None
+        if self._error is not None:
+            raise self._error
+
+    def _from_pending(self, mv) -> int:
+        data = self._pending[0]
+        n = min(len(mv), len(data) - self._pending_off)
+        mv[:n] = data[self._pending_off:self._pending_off + n]
+        self._pending_off += n
+        if self._pending_off == len(data):
+            self._pending.popleft()
+            self._pending_off = 0
+        return n
 
     def _wait_connected(self) -> bool:
         p = select.poll()
@@ -86,6 +145,12 @@ class _FifoStream:
         return True
 
     def readinto(self, mv) -> int:
+        if self._drainer is not None:
+            self._end_prefetch()
+        if self._pending:
+            return self._from_pending(mv)
+        if self._eof:
+            return 0
         if not self._connected and not self._wait_connected():
             return 0
         return os.readv(self._fd, [mv])
@@ -99,6 +164,10 @@ class _FifoStream:
         return self._fd
 
     def close(self) -> None:
+        if self._drainer is not None:
+            self._stop.set()
+            self._drainer.join()
+            self._drainer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
