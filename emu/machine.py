@@ -22,6 +22,7 @@ from emu.arch import syscalls
 from emu.counting import PageCounts
 from emu.kernel.thpmaps import vma_census
 from emu.trace import events as ev
+from emu.trace.columns import Columns
 from emu.trace.format import F_ABSORBED
 
 # A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
@@ -110,6 +111,7 @@ class Machine:
         self.unresolved: list[dict[str, Any]] = []
         self.utlb_hits = 0
         self.windows: list[CollapseWindow] = []
+        self.columns = Columns()      # per-batch access columns, reused
         # emu_mark(id) -> settings to apply (--at-mark), as an admin writing sysfs.
         self.mark_actions: dict[int, list[Callable[[], None]]] = {}
         self.collapse_stalls = 0
@@ -150,46 +152,39 @@ class Machine:
         if n == 0:
             return
         self.nr_events += n
-        kinds = events["kind"]
-        special = np.flatnonzero(kinds >= ev.SYSCALL)
         lo = 0
-        for s in special.tolist():
-            if s > lo:
-                self._accesses(events, lo, s)
-            self._special(events[s], batch.syscalls)
-            lo = s + 1
-        if lo < n:
-            self._accesses(events, lo, n)
+        while lo < n:
+            lo = self._accesses(events, lo, n)
+            if lo < n:
+                self._special(events[lo], batch.syscalls)
+                lo += 1
 
-    def _accesses(self, events: np.ndarray, lo: int, hi: int) -> None:
-        """READ/WRITE/FETCH records [lo, hi): runs of one (pid, vCPU) at a time."""
-        seg = events[lo:hi]
-        pids = seg["pid"]
-        vcpus = seg["vcpu"]
+    def _accesses(self, events: np.ndarray, lo: int, n: int) -> int:
+        """The READ/WRITE/FETCH records from lo, one (pid, vCPU) run at a time.
+
+        Returns the index of the record that ended them (or n)."""
         # Chunks never mix threads, so runs are long: split where (pid, vCPU) changes.
-        change = np.flatnonzero((pids[1:] != pids[:-1]) | (vcpus[1:] != vcpus[:-1])) + 1
-        bounds = [0, *change.tolist(), len(seg)]
+        col = self.columns
+        hi, bounds, n_fetch = col.gather(events, lo, n)
+        self.nr_fetch += n_fetch
         for a, b in zip(bounds[:-1], bounds[1:], strict=False):
-            run = seg[a:b]
-            pid = int(run["pid"][0])
-            vcpu = int(run["vcpu"][0])
+            first, last = events[lo + a], events[lo + b - 1]
+            pid = int(first["pid"])
+            vcpu = int(first["vcpu"])
             proc = self._process(pid)
-            th = self._thread(pid, vcpu, int(run["icount"][0]))
-            th.last_icount = max(th.last_icount, int(run["icount"][-1]))
-            # Contiguous copies: the numba kernels are compiled for plain arrays.
-            kinds = np.ascontiguousarray(run["kind"])
-            addrs = np.ascontiguousarray(run["addr"])
-            counts = np.ascontiguousarray(run["count"])
+            th = self._thread(pid, vcpu, int(first["icount"]))
+            th.last_icount = max(th.last_icount, int(last["icount"]))
+            kinds, addrs, counts = col.kinds[a:b], col.addrs[a:b], col.counts[a:b]
             proc.pages.add(kinds, addrs, counts)
-            self.nr_fetch += int(np.count_nonzero(kinds == ev.FETCH))
             if self.windows:
-                self._collapse_stall(th, run["icount"], addrs)
+                self._collapse_stall(th, events["icount"][lo + a:lo + b], addrs)
             if self.hw is not None and self.kernel is not None:
                 if self.options.utlb:
-                    kinds, addrs, counts = self._absorbed(vcpu, run["pad"], kinds, addrs,
+                    kinds, addrs, counts = self._absorbed(vcpu, col.flags[a:b], kinds, addrs,
                                                           counts)
                 self._translate(pid, vcpu, kinds, addrs, counts)
             self._tick(th)
+        return hi
 
     def _absorbed(self, cpu: int, flags: np.ndarray, kinds: np.ndarray, addrs: np.ndarray,
                   counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
