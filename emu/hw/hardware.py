@@ -148,6 +148,7 @@ class Hardware:
                 self.pr_off[q + 1] = len(rows)
         rows = rows or [[0, 0, 0, 12, 0, 0, 0, -1, 0]]
         self.probes = np.array(rows, dtype=np.int64).reshape(-1, K.P_FIELDS)
+        self._probes_flat = self.probes.reshape(-1)     # a view: what the kernels index
 
     def _build_fa(self, n_entries: int, nr_cpus: int) -> None:
         """LRU lists and hash indexes of the fully associative arrays (see emu.hw.kernels).
@@ -171,12 +172,13 @@ class Hardware:
             row[ent[1:]] = ent[:-1]                    # prev
             row[ne + ent[:-1]] = ent[1:]               # next
             row[2 * ne + 3 * s:2 * ne + 3 * s + 3] = (b, b + w - 1, 0)
-            slots = 1 << max(6, (4 * w - 1).bit_length())   # load factor <= 1/2 before rebuild
+            slots = 1 << max(6, (K.HASH_SLOTS_PER_WAY * w - 1).bit_length())
             self._hbase[s] = off
             self._hmask[s] = slots - 1
             off += slots
         row = np.concatenate([row, np.full(off - row.shape[0], -1, dtype=np.int64)])
         self.fa = np.tile(row, (nr_cpus, 1))
+        self._any_fa = bool((self.ent_fa >= 0).any())
 
     # ------------------------------------------------------------------ replay
     def run(self, cpu: int, asid: int, root_pfn: int, kinds: np.ndarray, addrs: np.ndarray,
@@ -197,10 +199,10 @@ class Hardware:
         i = K.run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid,
                          self._arch_id, self._hafdbs, self._coalesce,
                          store.tables, store.slot_of_pfn, tag, data, stamp, occ, clock,
-                         self.probes, self.pr_off, self.fill_sel, ptag, pdata, pstamp,
+                         self._probes_flat, self.pr_off, self.fill_sel, ptag, pdata, pstamp,
                          self.p_base, self.p_sets, self.p_setmask, self.p_ways, cnt,
                          self._fault, self._no_pfn if out_pfn is None else out_pfn,
-                         fa, self.ent_fa)
+                         fa, self.ent_fa, self._any_fa)
         if i < stop:
             f = self._fault
             self.fault = Fault(int(f[0]), KIND_NAMES[int(f[1])], int(f[2]),

@@ -95,6 +95,14 @@ assert (C_L1D_STORE_MISS, C_L1I_MISS) == (C_L1D_LOAD_MISS + 1, C_L1D_LOAD_MISS +
 assert (C_L2_STORE_HIT, C_L2_FETCH_HIT) == (C_L2_LOAD_HIT + 1, C_L2_LOAD_HIT + 2)
 assert (C_WALK_STORE, C_WALK_FETCH) == (C_WALK_LOAD + 6, C_WALK_LOAD + 12)
 
+# Flags a hit needs, per kind (4 bits each): a write a dirty entry, a fetch an executable one.
+NEED_BY_KIND = (F_DIRTY << 4 * K_WRITE) | (F_X << 4 * K_FETCH)
+
+# Array indices are cast to U: numba then drops its negative-index wraparound
+# (a sign test and the shape load per access; ~15 % of the hit path).  Every
+# index here is non-negative by construction.
+U = np.uint64
+
 X86_ATTR_MASK = np.uint64(X86.ATTR_COMPARE_MASK)
 A64_ATTR_MASK = np.uint64(A64.ATTR_COMPARE_MASK)
 
@@ -108,17 +116,17 @@ def _set_of(vpn, sets, setmask):
 @njit(cache=True, inline="always", _nrt=False)
 def lookup(tag, st_base, st_sets, st_setmask, st_ways, st_sizes, s, va, asid):
     """Entry index in array ``s`` translating ``va`` for ``asid``, or -1."""
-    base = st_base[s]
-    ways = st_ways[s]
-    sizes = st_sizes[s]
+    base = st_base[U(s)]
+    ways = st_ways[U(s)]
+    sizes = st_sizes[U(s)]
     for size in range(6):
         if not (sizes >> size) & 1:
             continue
-        vpn = va >> SIZE_SHIFTS[size]
+        vpn = va >> SIZE_SHIFTS[U(size)]
         t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (size << TAG_SIZE_SHIFT) | asid)
-        e0 = base + _set_of(vpn, st_sets[s], st_setmask[s]) * ways
+        e0 = base + _set_of(vpn, st_sets[U(s)], st_setmask[U(s)]) * ways
         for e in range(e0, e0 + ways):
-            if tag[e] == t:
+            if tag[U(e)] == t:
                 return e
     return -1
 
@@ -126,38 +134,39 @@ def lookup(tag, st_base, st_sets, st_setmask, st_ways, st_sizes, s, va, asid):
 @njit(cache=True, inline="always", _nrt=False)
 def psc_lookup(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, level, va, asid):
     """Entry caching the level-``level`` table descriptor for ``va``, or -1."""
-    if p_ways[level] == 0:
+    if p_ways[U(level)] == 0:
         return -1
-    vpn = va >> LEVEL_SHIFTS[level]
+    vpn = va >> LEVEL_SHIFTS[U(level)]
     t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | asid)
-    ways = p_ways[level]
-    e = _find(ptag, p_base[level] + _set_of(vpn, p_sets[level], p_setmask[level]) * ways, ways, t)
+    ways = p_ways[U(level)]
+    e0 = p_base[U(level)] + _set_of(vpn, p_sets[U(level)], p_setmask[U(level)]) * ways
+    e = _find(ptag, e0, ways, t)
     if e >= 0:
-        pstamp[e] = clock
+        pstamp[U(e)] = clock
     return e
 
 
 @njit(cache=True, inline="always", _nrt=False)
 def psc_fill(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways, level, va, asid,
              value):
-    if p_ways[level] == 0:
+    if p_ways[U(level)] == 0:
         return
-    vpn = va >> LEVEL_SHIFTS[level]
+    vpn = va >> LEVEL_SHIFTS[U(level)]
     t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | asid)
-    ways = p_ways[level]
-    e0 = p_base[level] + _set_of(vpn, p_sets[level], p_setmask[level]) * ways
+    ways = p_ways[U(level)]
+    e0 = p_base[U(level)] + _set_of(vpn, p_sets[U(level)], p_setmask[U(level)]) * ways
     victim = e0
     oldest = np.int64(0x7FFFFFFFFFFFFFFF)
     for e in range(e0, e0 + ways):
-        if ptag[e] == t or ptag[e] == 0:
+        if ptag[U(e)] == t or ptag[U(e)] == 0:
             victim = e
             break
-        if pstamp[e] < oldest:
-            oldest = pstamp[e]
+        if pstamp[U(e)] < oldest:
+            oldest = pstamp[U(e)]
             victim = e
-    ptag[victim] = t
-    pdata[victim] = value
-    pstamp[victim] = clock
+    ptag[U(victim)] = t
+    pdata[U(victim)] = value
+    pstamp[U(victim)] = clock
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -174,7 +183,7 @@ def _group_ok(tables, slot, idx, d, n, arch_id):
     if first & np.uint64(n - 1):
         return False
     for j in range(n):
-        e = tables[slot, b + j]
+        e = tables[U(slot), U(b + j)]
         if arch_id == 0:
             if not e & np.uint64(X86.P):
                 return False
@@ -216,32 +225,32 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
         e = psc_lookup(ptag, pdata, pstamp, clock, p_base, p_sets, p_setmask, p_ways,
                        lvl, va, asid)
         if e >= 0:
-            cnt[C_PSC_HIT + lvl] += 1
-            table_pfn = np.int64(pdata[e] >> np.uint64(12))
-            acc = np.int64(pdata[e] & np.uint64(7))
+            cnt[U(C_PSC_HIT + lvl)] += 1
+            table_pfn = np.int64(pdata[U(e)] >> np.uint64(12))
+            acc = np.int64(pdata[U(e)] & np.uint64(7))
             start = lvl + 1
             break
     if start == 0:
-        cnt[C_PSC_MISS] += 1
+        cnt[U(C_PSC_MISS)] += 1
     for lvl in range(start, 4):
-        slot = slot_of_pfn[table_pfn] if table_pfn < slot_of_pfn.shape[0] else -1
+        slot = slot_of_pfn[U(table_pfn)] if table_pfn < slot_of_pfn.shape[0] else -1
         if slot < 0:
-            fault[0] = va
-            fault[1] = kind
-            fault[2] = lvl
-            fault[3] = FAULT_BAD_TABLE
+            fault[U(0)] = va
+            fault[U(1)] = kind
+            fault[U(2)] = lvl
+            fault[U(3)] = FAULT_BAD_TABLE
             return -1, 0, 0
-        idx = (va >> LEVEL_SHIFTS[lvl]) & 511
-        d = tables[slot, idx]
-        cnt[C_WALK_REFS + lvl] += 1
+        idx = (va >> LEVEL_SHIFTS[U(lvl)]) & 511
+        d = tables[U(slot), U(idx)]
+        cnt[U(C_WALK_REFS + lvl)] += 1
         reason = FAULT_NONE
         if arch_id == 0:
             if not d & np.uint64(X86.P):
                 reason = FAULT_NOT_PRESENT
             elif lvl < 3 and not d & np.uint64(X86.PS):
                 if not d & np.uint64(X86.A):
-                    tables[slot, idx] = d | np.uint64(X86.A)
-                    cnt[C_A_SET] += 1
+                    tables[U(slot), U(idx)] = d | np.uint64(X86.A)
+                    cnt[U(C_A_SET)] += 1
                 if not d & np.uint64(X86.RW):
                     acc &= ~1
                 if not d & np.uint64(X86.US):
@@ -271,10 +280,10 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                         nd |= np.uint64(X86.D)
                     if nd != d:
                         if not d & np.uint64(X86.A):
-                            cnt[C_A_SET] += 1
+                            cnt[U(C_A_SET)] += 1
                         if (nd ^ d) & np.uint64(X86.D):
-                            cnt[C_D_SET] += 1
-                        tables[slot, idx] = nd
+                            cnt[U(C_D_SET)] += 1
+                        tables[U(slot), U(idx)] = nd
                         d = nd
                     size = _leaf_size(lvl)
                     flags = 0
@@ -291,12 +300,12 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                         size = 1
                         pfn -= idx & (coalesce - 1)
                         flags |= F_COAL
-                        cnt[C_COAL_FILLS] += 1
+                        cnt[U(C_COAL_FILLS)] += 1
                         # x86 dirtiness is per PTE: the entry lets writes through
                         # without a D update only if every member is dirty already.
                         b = idx & ~(coalesce - 1)
                         for m in range(coalesce):
-                            if not tables[slot, b + m] & np.uint64(X86.D):
+                            if not tables[U(slot), U(b + m)] & np.uint64(X86.D):
                                 flags &= ~F_DIRTY
                     return size, pfn, flags
         else:
@@ -319,18 +328,18 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                 elif kind == K_WRITE and d & np.uint64(A64.RDONLY):
                     if hafdbs and d & np.uint64(A64.DBM):
                         nd = nd & ~np.uint64(A64.RDONLY)
-                        cnt[C_D_SET] += 1
+                        cnt[U(C_D_SET)] += 1
                     else:
                         reason = FAULT_WRITE_PROTECT
                 if reason == FAULT_NONE and not d & np.uint64(A64.AF):
                     if hafdbs:
                         nd |= np.uint64(A64.AF)
-                        cnt[C_A_SET] += 1
+                        cnt[U(C_A_SET)] += 1
                     else:
                         reason = FAULT_ACCESS_FLAG
                 if reason == FAULT_NONE:
                     if nd != d:
-                        tables[slot, idx] = nd
+                        tables[U(slot), U(idx)] = nd
                         d = nd
                     size = _leaf_size(lvl)
                     flags = 0
@@ -346,12 +355,12 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
                         size = 2
                         pfn -= idx & 15
                         flags |= F_COAL
-                        cnt[C_COAL_FILLS] += 1
+                        cnt[U(C_COAL_FILLS)] += 1
                     return size, pfn, flags
-        fault[0] = va
-        fault[1] = kind
-        fault[2] = lvl
-        fault[3] = reason
+        fault[U(0)] = va
+        fault[U(1)] = kind
+        fault[U(2)] = lvl
+        fault[U(3)] = reason
         return -1, 0, 0
     return -1, 0, 0
 
@@ -359,11 +368,13 @@ def walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id, hafdbs, coalesc
 @njit(cache=True, inline="always", _nrt=False)
 def _page_pfn(t, d, va):
     size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
-    return np.int64(d >> np.uint64(12)) + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
+    return np.int64(d >> np.uint64(12)) + ((va >> 12) & ((1 << (SIZE_SHIFTS[U(size)] - 12)) - 1))
 
 
 # Probe lists: row j of ``probes`` is one (TLB array, page size) pair to look in;
 # rows pr_off[side*2 + level] .. pr_off[side*2 + level + 1] serve one lookup.
+# The kernels get the table flattened: field F of row j is probes[j * P_FIELDS + F]
+# (a constant stride; a 2-D index multiplies by a stride reloaded from memory).
 P_BASE = 0
 P_WAYS = 1
 P_MASK = 2
@@ -390,6 +401,11 @@ KEY_EMPTY = np.int64(1 << 61)    # stamp of empty entry e: e - KEY_EMPTY (see _l
 # checks tag[entry] == t, and tags are unique within an array, so a stale slot
 # never gives a wrong entry, and every live tag stays reachable from its hash.
 FA_MIN_WAYS = 17
+# Hash index size and fill: at least this many slots per way, rebuilt once a quarter of
+# them are used (live tags plus tombstones), so most lookups read one or two slots:
+# every extra slot read is a branch the predictor cannot know.
+HASH_SLOTS_PER_WAY = 16
+HASH_REBUILD_SHIFT = 2
 HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -404,10 +420,10 @@ def _hfind(tag, fa, hb, hmask, t):
     """Entry holding tag ``t`` in a fully associative array, via its hash index; -1 if none."""
     h = _hash(t, hmask)
     while True:
-        v = fa[hb + h]
+        v = fa[U(hb + h)]
         if v == -1:
             return -1
-        if v >= 0 and tag[v] == t:
+        if v >= 0 and tag[U(v)] == t:
             return v
         h = (h + 1) & hmask
 
@@ -416,11 +432,11 @@ def _hfind(tag, fa, hb, hmask, t):
 def _hput(fa, hb, hmask, hu, t, v):
     h = _hash(t, hmask)
     while True:
-        x = fa[hb + h]
+        x = fa[U(hb + h)]
         if x < 0:
-            fa[hb + h] = v
+            fa[U(hb + h)] = v
             if x == -1:
-                fa[hu] += 1
+                fa[U(hu)] += 1
             return
         h = (h + 1) & hmask
 
@@ -429,25 +445,25 @@ def _hput(fa, hb, hmask, hu, t, v):
 def _hdel(fa, hb, hmask, t, v):
     h = _hash(t, hmask)
     while True:
-        x = fa[hb + h]
+        x = fa[U(hb + h)]
         if x == -1:
             return
         if x == v:
-            fa[hb + h] = -2
+            fa[U(hb + h)] = -2
             return
         h = (h + 1) & hmask
 
 
 @njit(cache=True, inline="always", _nrt=False)
 def _hinsert(tag, fa, hb, hmask, hu, e0, ways, t, v):
-    """Index ``tag[v] == t``; rebuild the index from the tags once half its slots are used."""
-    if fa[hu] * 2 >= hmask + 1:
+    """Index ``tag[v] == t``; rebuild it from the tags once a quarter of its slots are used."""
+    if fa[U(hu)] << HASH_REBUILD_SHIFT >= hmask + 1:
         for h in range(hmask + 1):
-            fa[hb + h] = -1
-        fa[hu] = 0
+            fa[U(hb + h)] = -1
+        fa[U(hu)] = 0
         for e in range(e0, e0 + ways):
-            if tag[e] != 0:
-                _hput(fa, hb, hmask, hu, tag[e], e)
+            if tag[U(e)] != 0:
+                _hput(fa, hb, hmask, hu, tag[U(e)], e)
         return
     _hput(fa, hb, hmask, hu, t, v)
 
@@ -456,20 +472,20 @@ def _hinsert(tag, fa, hb, hmask, hu, e0, ways, t, v):
 def _touch(fa, ne, s, e):
     """Entry ``e`` of fully associative array ``s`` becomes the most recently used."""
     hd = 2 * ne + 3 * s
-    if fa[hd] == e:
+    if fa[U(hd)] == e:
         return
-    p = fa[e]
-    n = fa[ne + e]
-    fa[ne + p] = n
+    p = fa[U(e)]
+    n = fa[U(ne + e)]
+    fa[U(ne + p)] = n
     if n >= 0:
-        fa[n] = p
+        fa[U(n)] = p
     else:
-        fa[hd + 1] = p
-    h = fa[hd]
-    fa[e] = -1
-    fa[ne + e] = h
-    fa[h] = e
-    fa[hd] = e
+        fa[U(hd + 1)] = p
+    h = fa[U(hd)]
+    fa[U(e)] = -1
+    fa[U(ne + e)] = h
+    fa[U(h)] = e
+    fa[U(hd)] = e
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -479,16 +495,27 @@ def _find(tag, e0, ways, t):
     Up to 16 ways the loop has no early exit: a fixed trip count and a
     conditional move, so a hit in a random way costs no branch misprediction
     (tags are unique within an array: a fill reuses the entry holding its tag).
-    Wider (fully associative) arrays stop at the match.
+    4 and 8 ways (most L1s, L2s and walk caches) get a constant trip count, which
+    the compiler unrolls.  Wider (fully associative) arrays stop at the match.
     """
     found = -1
+    if ways == 4:
+        for w in range(3, -1, -1):
+            if tag[U(e0 + w)] == t:
+                found = e0 + w
+        return found
+    if ways == 8:
+        for w in range(7, -1, -1):
+            if tag[U(e0 + w)] == t:
+                found = e0 + w
+        return found
     if ways <= 16:
         for e in range(e0 + ways - 1, e0 - 1, -1):
-            if tag[e] == t:
+            if tag[U(e)] == t:
                 found = e
     else:
         for e in range(e0, e0 + ways):
-            if tag[e] == t:
+            if tag[U(e)] == t:
                 return e
     return found
 
@@ -501,17 +528,18 @@ def _probe(tag, fa, probes, occ, lo, hi, va, asid):
     skipped, so a stream of 4 KiB pages does not pay for 2M/1G probes.
     """
     for j in range(lo, hi):
-        if occ[probes[j, P_OCC]] == 0:
+        r = j * P_FIELDS
+        if occ[U(probes[U(r + P_OCC)])] == 0:
             continue
-        vpn = va >> probes[j, P_SHIFT]
-        t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (probes[j, P_SIZE] << TAG_SIZE_SHIFT)
-                                  | asid)
-        hb = probes[j, P_HBASE]
+        vpn = va >> probes[U(r + P_SHIFT)]
+        t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT)
+                                  | (probes[U(r + P_SIZE)] << TAG_SIZE_SHIFT) | asid)
+        hb = probes[U(r + P_HBASE)]
         if hb >= 0:
-            e = _hfind(tag, fa, hb, probes[j, P_HMASK], t)
+            e = _hfind(tag, fa, hb, probes[U(r + P_HMASK)], t)
         else:
-            ways = probes[j, P_WAYS]
-            e = _find(tag, probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways, ways, t)
+            ways = probes[U(r + P_WAYS)]
+            e = _find(tag, probes[U(r + P_BASE)] + (vpn & probes[U(r + P_MASK)]) * ways, ways, t)
         if e >= 0:
             return e
     return -1
@@ -525,12 +553,27 @@ def _lru(stamp, e0, ways):
     invalidation), below every clock value and rising with the index; stamps of
     valid entries in one array are distinct (each event stamps at most one entry
     per array).  So the smallest stamp is exactly the way the rule picks, found by
-    one pass over the stamps alone, with no branch on the data.
+    one pass over the stamps alone, with no branch on the data (unrolled for 4 and
+    8 ways, as in ``_find``).
     """
-    best = stamp[e0]
+    best = stamp[U(e0)]
     v = e0
+    if ways == 4:
+        for w in range(1, 4):
+            x = stamp[U(e0 + w)]
+            if x < best:
+                best = x
+                v = e0 + w
+        return v
+    if ways == 8:
+        for w in range(1, 8):
+            x = stamp[U(e0 + w)]
+            if x < best:
+                best = x
+                v = e0 + w
+        return v
     for e in range(e0 + 1, e0 + ways):
-        x = stamp[e]
+        x = stamp[U(e)]
         if x < best:
             best = x
             v = e
@@ -548,55 +591,56 @@ def _fill(tag, data, stamp, occ, fa, clock, probes, j, va, asid, size, pfn, flag
     """
     if j < 0:
         return
-    z = probes[j, P_SIZE]
+    r = j * P_FIELDS
+    z = probes[U(r + P_SIZE)]
     if z != size:
-        page = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
-        pfn = page & ~((1 << (SIZE_SHIFTS[z] - 12)) - 1)
-    vpn = va >> probes[j, P_SHIFT]
+        page = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[U(size)] - 12)) - 1))
+        pfn = page & ~((1 << (SIZE_SHIFTS[U(z)] - 12)) - 1)
+    vpn = va >> probes[U(r + P_SHIFT)]
     t = VALID_TAG | np.uint64((vpn << TAG_VPN_SHIFT) | (z << TAG_SIZE_SHIFT) | asid)
-    ways = probes[j, P_WAYS]
-    e0 = probes[j, P_BASE] + (vpn & probes[j, P_MASK]) * ways
-    hb = probes[j, P_HBASE]
-    o = probes[j, P_OCC]
+    ways = probes[U(r + P_WAYS)]
+    e0 = probes[U(r + P_BASE)] + (vpn & probes[U(r + P_MASK)]) * ways
+    hb = probes[U(r + P_HBASE)]
+    o = probes[U(r + P_OCC)]
     if hb < 0:
         victim = -1 if absent else _find(tag, e0, ways, t)
         if victim < 0:
             victim = _lru(stamp, e0, ways)
-        old = tag[victim]
+        old = tag[U(victim)]
         if old != t:
             if old != 0:
-                occ[o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))] -= 1
-            occ[o] += 1
-        tag[victim] = t
-        data[victim] = np.uint64((pfn << 12) | flags)
-        stamp[victim] = clock
+                occ[U(o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7)))] -= 1
+            occ[U(o)] += 1
+        tag[U(victim)] = t
+        data[U(victim)] = np.uint64((pfn << 12) | flags)
+        stamp[U(victim)] = clock
         return
     # Fully associative: the same choice as _lru without scanning the ways.
-    hmask = probes[j, P_HMASK]
-    s = probes[j, P_ARR]
+    hmask = probes[U(r + P_HMASK)]
+    s = probes[U(r + P_ARR)]
     ne = tag.shape[0]
     victim = _hfind(tag, fa, hb, hmask, t)
     if victim < 0:
         valid = 0
         for k in range(6):
-            valid += occ[s * 6 + k]
+            valid += occ[U(s * 6 + k)]
         if valid < ways:
             for e in range(e0, e0 + ways):
-                if tag[e] == 0:
+                if tag[U(e)] == 0:
                     victim = e
                     break
         else:
-            victim = fa[2 * ne + 3 * s + 1]
-    old = tag[victim]
+            victim = fa[U(2 * ne + 3 * s + 1)]
+    old = tag[U(victim)]
     if old != t:
         if old != 0:
-            occ[o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))] -= 1
+            occ[U(o - z + np.int64((old >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7)))] -= 1
             _hdel(fa, hb, hmask, old, victim)
-        occ[o] += 1
-        tag[victim] = t
+        occ[U(o)] += 1
+        tag[U(victim)] = t
         _hinsert(tag, fa, hb, hmask, 2 * ne + 3 * s + 2, e0, ways, t, victim)
-    data[victim] = np.uint64((pfn << 12) | flags)
-    stamp[victim] = clock
+    data[U(victim)] = np.uint64((pfn << 12) | flags)
+    stamp[U(victim)] = clock
     _touch(fa, ne, s, victim)
 
 
@@ -605,16 +649,16 @@ def recount(tag, ent_struct, occ):
     """Rebuild occ[] from the tags (after a flush that dropped many entries)."""
     occ[:] = 0
     for e in range(tag.shape[0]):
-        if tag[e] != 0:
-            occ[ent_struct[e] * 6 + np.int64((tag[e] >> np.uint64(TAG_SIZE_SHIFT))
-                                                & np.uint64(7))] += 1
+        if tag[U(e)] != 0:
+            occ[U(ent_struct[U(e)] * 6 + np.int64((tag[U(e)] >> np.uint64(TAG_SIZE_SHIFT))
+                                                & np.uint64(7)))] += 1
 
 
 @njit(cache=True, _nrt=False)
 def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdbs, coalesce,
                tables, slot_of_pfn, tag, data, stamp, occ, clk, probes, pr_off, fill_sel,
                ptag, pdata, pstamp, p_base, p_sets, p_setmask, p_ways, cnt, fault, out_pfn,
-               fa, ent_fa):
+               fa, ent_fa, any_fa):
     """Translate events [start, stop); return the index of the first faulting event or stop.
 
     If ``out_pfn`` is at least ``stop`` long, the 4 KiB frame each translated
@@ -623,97 +667,94 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
     Lookups of side 0 (instructions) or 1 (data) at L1 (0) or L2 (1) probe rows
     ``pr_off[side*2+level] .. pr_off[side*2+level+1]``; a fill of page size z
     there goes through row ``fill_sel[side*2+level, z]`` (-1: no array holds it).
+    ``any_fa``: some array is fully associative (``ent_fa`` has an entry >= 0).
     """
-    clock = clk[0]
+    clock = clk[U(0)]
     want_pfn = out_pfn.shape[0] >= stop
     for i in range(start, stop):
-        kind = np.int64(kinds[i])
+        kind = np.int64(kinds[U(i)])
         if kind > K_FETCH:
             continue
-        va = np.int64(addrs[i])
-        n = np.int64(counts[i])
+        va = np.int64(addrs[U(i)])
+        n = np.int64(counts[U(i)])
         if n < 1:
             n = 1
         side = 0 if kind == K_FETCH else 1
         clock += 1
         # Per-kind counters sit at base + kind (READ, WRITE, FETCH): no branch on the kind.
-        cnt[C_LOADS + kind] += n
-        cnt[C_L1D_LOADS + kind] += 1
+        # One test of the entry's flags instead of branches on a random kind.
+        need = (NEED_BY_KIND >> (4 * kind)) & 15
+        cnt[U(C_LOADS + kind)] += n
+        cnt[U(C_L1D_LOADS + kind)] += 1
         q = side * 2
-        e = _probe(tag, fa, probes, occ, pr_off[q], pr_off[q + 1], va, asid)
+        e = _probe(tag, fa, probes, occ, pr_off[U(q)], pr_off[U(q + 1)], va, asid)
         need_walk = False
         assist = False
         l1_absent = e < 0
         l2_absent = False
         if e >= 0:
-            fl = np.int64(data[e] & np.uint64(0xFFF))
-            if kind == K_WRITE and not fl & F_DIRTY:
-                if fl & F_W:
-                    cnt[C_DIRTY_ASSIST] += 1
+            fl = np.int64(data[U(e)] & np.uint64(0xFFF))
+            if fl & need != need:
+                if kind == K_FETCH:
+                    cnt[U(C_PERM_REWALK)] += 1
+                elif fl & F_W:
+                    cnt[U(C_DIRTY_ASSIST)] += 1
                     assist = True
                 else:
-                    cnt[C_PERM_REWALK] += 1
+                    cnt[U(C_PERM_REWALK)] += 1
                 need_walk = True        # the refill overwrites this entry
-            elif kind == K_FETCH and not fl & F_X:
-                cnt[C_PERM_REWALK] += 1
-                need_walk = True
             else:
-                stamp[e] = clock
-                if ent_fa[e] >= 0:
-                    _touch(fa, tag.shape[0], ent_fa[e], e)
+                stamp[U(e)] = clock
+                if any_fa and ent_fa[U(e)] >= 0:
+                    _touch(fa, tag.shape[0], ent_fa[U(e)], e)
                 if want_pfn:
-                    out_pfn[i] = _page_pfn(tag[e], data[e], va)
+                    out_pfn[U(i)] = _page_pfn(tag[U(e)], data[U(e)], va)
                 continue
         else:
-            cnt[C_L1D_LOAD_MISS + kind] += 1
-            e2 = _probe(tag, fa, probes, occ, pr_off[q + 1], pr_off[q + 2], va, asid)
+            cnt[U(C_L1D_LOAD_MISS + kind)] += 1
+            e2 = _probe(tag, fa, probes, occ, pr_off[U(q + 1)], pr_off[U(q + 2)], va, asid)
             l2_absent = e2 < 0
             if e2 >= 0:
-                fl = np.int64(data[e2] & np.uint64(0xFFF))
-                ok = True
-                if kind == K_WRITE and not fl & F_DIRTY:
-                    ok = False
-                elif kind == K_FETCH and not fl & F_X:
-                    ok = False
-                if ok:
-                    cnt[C_L2_LOAD_HIT + kind] += 1
-                    stamp[e2] = clock
-                    if ent_fa[e2] >= 0:
-                        _touch(fa, tag.shape[0], ent_fa[e2], e2)
-                    t = tag[e2]
+                fl = np.int64(data[U(e2)] & np.uint64(0xFFF))
+                if fl & need == need:
+                    cnt[U(C_L2_LOAD_HIT + kind)] += 1
+                    stamp[U(e2)] = clock
+                    if any_fa and ent_fa[U(e2)] >= 0:
+                        _touch(fa, tag.shape[0], ent_fa[U(e2)], e2)
+                    t = tag[U(e2)]
                     size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
-                    _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[q, size], va, asid,
-                          size, np.int64(data[e2] >> np.uint64(12)), fl, True)
+                    _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[U(q), U(size)], va,
+                          asid, size, np.int64(data[U(e2)] >> np.uint64(12)), fl, True)
                     if want_pfn:
-                        out_pfn[i] = _page_pfn(tag[e2], data[e2], va)
+                        out_pfn[U(i)] = _page_pfn(tag[U(e2)], data[U(e2)], va)
                     continue
                 if kind == K_WRITE and fl & F_W:
-                    cnt[C_DIRTY_ASSIST] += 1
+                    cnt[U(C_DIRTY_ASSIST)] += 1
                     assist = True
                 else:
-                    cnt[C_PERM_REWALK] += 1
+                    cnt[U(C_PERM_REWALK)] += 1
             need_walk = True
         if need_walk:
             size, pfn, flags = walk(tables, slot_of_pfn, root_pfn, va, asid, kind, arch_id,
                                     hafdbs, coalesce, ptag, pdata, pstamp, clock, p_base,
                                     p_sets, p_setmask, p_ways, cnt, fault)
             if size < 0:
-                cnt[C_FAULTS] += 1
-                cnt[C_WALKS_FAULTED] += 1
+                cnt[U(C_FAULTS)] += 1
+                cnt[U(C_WALKS_FAULTED)] += 1
                 # The access retires once, after the kernel handled the fault and
                 # the machine replays the event; the misses and the walk did happen.
-                cnt[C_LOADS + kind] -= n
-                clk[0] = clock
+                cnt[U(C_LOADS + kind)] -= n
+                clk[U(0)] = clock
                 return i
             if not assist:               # a dirty-bit update is not a TLB miss
-                cnt[C_WALK_LOAD + 6 * kind + size] += 1
-            _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[q + 1, size], va, asid, size,
-                  pfn, flags, l2_absent)
-            _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[q, size], va, asid, size,
-                  pfn, flags, l1_absent)
+                cnt[U(C_WALK_LOAD + 6 * kind + size)] += 1
+            _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[U(q + 1), U(size)], va, asid,
+                  size, pfn, flags, l2_absent)
+            _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[U(q), U(size)], va, asid,
+                  size, pfn, flags, l1_absent)
             if want_pfn:
-                out_pfn[i] = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[size] - 12)) - 1))
-    clk[0] = clock
+                out_pfn[U(i)] = pfn + ((va >> 12) & ((1 << (SIZE_SHIFTS[U(size)] - 12)) - 1))
+    clk[U(0)] = clock
     return stop
 
 
@@ -727,14 +768,14 @@ def inval_va(tag, stamp, occ, st_base, st_sets, st_setmask, st_ways, st_sizes, v
     """Drop every TLB entry of one vCPU that translates ``va`` (for ``asid``, or any)."""
     n = 0
     for s in range(st_base.shape[0]):
-        ways = st_ways[s]
+        ways = st_ways[U(s)]
         for size in range(6):
-            if not (st_sizes[s] >> size) & 1:
+            if not (st_sizes[U(s)] >> size) & 1:
                 continue
-            vpn = va >> SIZE_SHIFTS[size]
-            e0 = st_base[s] + _set_of(vpn, st_sets[s], st_setmask[s]) * ways
+            vpn = va >> SIZE_SHIFTS[U(size)]
+            e0 = st_base[U(s)] + _set_of(vpn, st_sets[U(s)], st_setmask[U(s)]) * ways
             for e in range(e0, e0 + ways):
-                t = tag[e]
+                t = tag[U(e)]
                 if t == 0:
                     continue
                 if np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) != vpn:
@@ -742,9 +783,9 @@ def inval_va(tag, stamp, occ, st_base, st_sets, st_setmask, st_ways, st_sizes, v
                 if np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7)) != size:
                     continue
                 if any_asid or np.int64(t & np.uint64(ASID_MASK)) == asid:
-                    tag[e] = 0
-                    stamp[e] = e - KEY_EMPTY
-                    occ[s * 6 + size] -= 1
+                    tag[U(e)] = 0
+                    stamp[U(e)] = e - KEY_EMPTY
+                    occ[U(s * 6 + size)] -= 1
                     n += 1
     return n
 
@@ -754,17 +795,17 @@ def inval_range(tag, stamp, start, end, asid, any_asid):
     """Drop every entry overlapping [start, end) (for ``asid``, or any); returns how many."""
     n = 0
     for e in range(tag.shape[0]):
-        t = tag[e]
+        t = tag[U(e)]
         if t == 0:
             continue
         if not any_asid and np.int64(t & np.uint64(ASID_MASK)) != asid:
             continue
         size = np.int64((t >> np.uint64(TAG_SIZE_SHIFT)) & np.uint64(7))
-        lo = np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) << SIZE_SHIFTS[size]
-        hi = lo + (np.int64(1) << SIZE_SHIFTS[size])
+        lo = np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) << SIZE_SHIFTS[U(size)]
+        hi = lo + (np.int64(1) << SIZE_SHIFTS[U(size)])
         if lo < end and start < hi:
-            tag[e] = 0
-            stamp[e] = e - KEY_EMPTY
+            tag[U(e)] = 0
+            stamp[U(e)] = e - KEY_EMPTY
             n += 1
     return n
 
@@ -773,9 +814,9 @@ def inval_range(tag, stamp, start, end, asid, any_asid):
 def inval_asid(tag, stamp, asid):
     n = 0
     for e in range(tag.shape[0]):
-        if tag[e] != 0 and np.int64(tag[e] & np.uint64(ASID_MASK)) == asid:
-            tag[e] = 0
-            stamp[e] = e - KEY_EMPTY
+        if tag[U(e)] != 0 and np.int64(tag[U(e)] & np.uint64(ASID_MASK)) == asid:
+            tag[U(e)] = 0
+            stamp[U(e)] = e - KEY_EMPTY
             n += 1
     return n
 
@@ -785,16 +826,18 @@ def psc_inval_range(ptag, p_base, p_sets, p_ways, start, end, asid, any_asid):
     """Drop walk-cache entries whose VA prefix overlaps [start, end)."""
     n = 0
     for lvl in range(3):
-        cnt_e = p_sets[lvl] * p_ways[lvl]
-        for e in range(p_base[lvl], p_base[lvl] + cnt_e):
-            t = ptag[e]
+        cnt_e = p_sets[U(lvl)] * p_ways[U(lvl)]
+        for e in range(p_base[U(lvl)], p_base[U(lvl)] + cnt_e):
+            t = ptag[U(e)]
             if t == 0:
                 continue
             if not any_asid and np.int64(t & np.uint64(ASID_MASK)) != asid:
                 continue
-            lo = np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) << LEVEL_SHIFTS[lvl]
-            hi = lo + (np.int64(1) << LEVEL_SHIFTS[lvl])
+            lo = np.int64((t >> np.uint64(TAG_VPN_SHIFT)) & TAG_VPN_MASK) << LEVEL_SHIFTS[U(lvl)]
+            hi = lo + (np.int64(1) << LEVEL_SHIFTS[U(lvl)])
             if lo < end and start < hi:
-                ptag[e] = 0
+                ptag[U(e)] = 0
                 n += 1
     return n
+
+FLAT = True
