@@ -654,7 +654,7 @@ def recount(tag, ent_struct, occ):
                                                 & np.uint64(7)))] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False)
 def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdbs, coalesce,
                tables, slot_of_pfn, tag, data, stamp, occ, clk, probes, pr_off, fill_sel,
                ptag, pdata, pstamp, p_base, p_sets, p_setmask, p_ways, cnt, fault, out_pfn,
