@@ -10,7 +10,8 @@ busybox-static arm64 .deb, fetched once into build/bench/).  Rows: native
 (x86-64 only), plain QEMU, QEMU + plugin writing to /dev/null (both icount
 modes), QEMU + plugin streaming to emu's reader (decode only, no model), and
 the full `emu run`.  Every ratio is to plain QEMU measured in the same run.
-Times are wall-clock seconds, the best of --repeat runs.
+Times are wall-clock seconds, the best of --repeat rounds; each round runs
+every row once, in turn, so that the machine's drift hits all rows alike.
 """
 
 import argparse
@@ -33,7 +34,7 @@ GZIP_MB = 20
 # Plugin options timed: exact per-vCPU icount (default), the inline counter,
 # and each with a 64-entry micro-TLB (docs/trace-format.md).
 PLUGIN_MODES = ["icount=tb", "icount=inline", "icount=tb,utlb=64", "icount=inline,utlb=64"]
-STREAM_MODES = ["icount=tb", "icount=inline,utlb=64"]
+STREAM_MODES = ["icount=tb", "icount=tb,utlb=64"]
 DEBIAN_POOL = "http://deb.debian.org/debian/pool/main/b/busybox"
 
 
@@ -149,15 +150,7 @@ def bench(arch: str, names: list[str], repeat: int, quick: bool, run_emu: bool) 
 
 def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
               run_emu) -> None:
-    rows: list[tuple[str, float | None, str]] = []
     events: dict[str, int] = {}
-
-    def row(name, f, note=""):
-        log(f"  {arch} {title}: {name} ...")
-        try:
-            rows.append((name, min(f() for _ in range(repeat)), note))
-        except (RuntimeError, EmuError, OSError) as e:
-            rows.append((name, None, f"failed: {e}"))
 
     def stream(m):
         dt, n = timed_stream(exe, args, arch, m.split(","), stdin)
@@ -165,22 +158,38 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
         return dt
 
     base = [qemu, "-L", sysroot]
+    plan: list[tuple[str, object]] = []
     if arch == "x86_64":
-        row("native", lambda: timed([exe, *args], stdin))
-    row("qemu", lambda: timed([*base, exe, *args], stdin))
+        plan.append(("native", lambda: timed([exe, *args], stdin)))
+    plan.append(("qemu", lambda: timed([*base, exe, *args], stdin)))
     for mode in PLUGIN_MODES:
         opts = f"{plugin},out=/dev/null,{mode}"
-        row(f"qemu+plugin >/dev/null {mode}",
-            lambda o=opts: timed([*base, "-plugin", o, exe, *args], stdin))
+        plan.append((f"qemu+plugin >/dev/null {mode}",
+                     lambda o=opts: timed([*base, "-plugin", o, exe, *args], stdin)))
     for mode in STREAM_MODES:
-        row(f"qemu+plugin -> emu reader {mode}", lambda m=mode: stream(m))
+        plan.append((f"qemu+plugin -> emu reader {mode}", lambda m=mode: stream(m)))
+    skipped = None
     if emu and run_emu:
-        row("emu run", lambda: timed([emu, "run", "--", exe, *args], stdin))
+        plan.append(("emu run", lambda: timed([emu, "run", "--", exe, *args], stdin)))
     else:
-        rows.append(("emu run", None, "skipped: --no-emu-run" if emu else
-                     "skipped: `emu run` not available yet"))
+        skipped = "skipped: --no-emu-run" if emu else "skipped: `emu run` not available yet"
+    times: dict[str, list[float]] = {name: [] for name, _ in plan}
+    notes: dict[str, str] = {}
+    for rnd in range(repeat):
+        for name, f in plan:
+            if name in notes:
+                continue
+            log(f"  {arch} {title}: {name} (round {rnd + 1}/{repeat}) ...")
+            try:
+                times[name].append(f())
+            except (RuntimeError, EmuError, OSError) as e:
+                notes[name] = f"failed: {e}"
+    rows = [(name, min(times[name]) if times[name] else None, notes.get(name, ""))
+            for name, _ in plan]
+    if skipped:
+        rows.append(("emu run", None, skipped))
     plain = next((t for n, t, _ in rows if n == "qemu"), None)
-    print(f"\n{arch}  {title}")
+    print(f"\n{arch}  {title}  (best of {repeat} interleaved rounds)")
     for name, t, note in rows:
         if t is None:
             print(f"  {name:42s} {'-':>8s}          {note}")

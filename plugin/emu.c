@@ -11,14 +11,25 @@
  *     exit_group at entry), emu_mark() markers, vCPU start/exit, process
  *     start (with the parent pid after fork) and exit (with the status).
  *
- * Output: chunks of at most PIPE_BUF bytes, each written with one write() to
- * the FIFO or file named by out=PATH, so threads and forked processes never
- * interleave inside a chunk.  Layout: docs/trace-format.md (version 1).
+ * The guest's hot path is small: the TB callback adds to the vCPU's icount
+ * (and logs a fetch-page change), a memory callback appends the access and
+ * the icount to a per-vCPU log (the micro-TLB, when on, runs there too), and
+ * drain() turns the log into records when it is full and at every sync point
+ * (syscall, thread exit, fork, exit).  Why: on memory-bound guests the cost
+ * of a callback is mostly the host work it puts between the guest's cache
+ * misses, which then overlap less; the same work done later in a batch is
+ * cheap.  docs/plugin.md has the measurements.
+ *
+ * Output: chunks of at most PIPE_BUF bytes to the FIFO or file named by
+ * out=PATH.  Once a process has (or had) a second thread or process, each
+ * chunk is one write(), so threads and forked processes never interleave
+ * inside a chunk; before that, chunks go out 64 KiB per write().  Layout:
+ * docs/trace-format.md (version 1).
  *
  * Arguments: out=PATH (required); utlb=N (direct-mapped micro-TLB entries, a
- * power of two up to 256; 0 = off, the default); icount=tb (default: exact per-vCPU counts and fetch
- * pages from a TB callback) or icount=inline (faster: a process-wide inline
- * counter, fetch pages seen only at data accesses).
+ * power of two up to 256; 0 = off, the default); icount=tb (default: exact
+ * per-vCPU counts and fetch pages from a TB callback) or icount=inline (a
+ * process-wide inline counter, fetch pages seen only at data accesses).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +37,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,9 +103,9 @@ _Static_assert(sizeof(struct sysrec) == SYS_SIZE, "syscall layout");
 #define MAX_VCPUS 65536
 
 /* ---- per-architecture syscall numbers the plugin must act on ---- */
-struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3; };
-static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435 };
-static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435 };
+struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3, execve, execveat; };
+static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435, 59, 322 };
+static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435, 221, 281 };
 static struct arch_nrs nrs;
 #define CLONE_VM 0x00000100
 
@@ -101,7 +113,31 @@ static struct arch_nrs nrs;
  * atexit and in a fork child, where the other threads are stopped or gone. */
 struct utlb_ent { uint64_t key; uint64_t count; };
 
+/* The log: pairs of 64-bit words (host order, never leave the process).
+ *   word bit 0 clear   data access: page | is_store << 1; then its icount.
+ *                      With utlb=N only micro-TLB misses are logged; a miss
+ *                      that evicts an entry with absorbed hits is preceded
+ *                      by the victim: page | is_store << 1 | L_VICTIM, then
+ *                      the hit count (its icount is the next pair's).
+ *   word bit 0 set     fetch-page change: page | 1; then the icount.
+ * The icount itself is kept by the callbacks (v->icount is always current). */
+#define L_FETCH 1u
+#define L_STORE 2u
+#define L_VICTIM 4u
+#define LOG_SLACK 8 /* words one callback may write (<= 6) past the check */
+/* TB-exec userdata: page | TB_CROSS (ends in the next page) | ninsn */
+#define TB_NINSN_MASK 0x7ffu
+#define TB_CROSS 0x800u
+#ifndef LOG_N /* -D for experiments; sizes within noise: docs/plugin.md */
+#define LOG_N 2048 /* words */
+#endif
+#ifndef OUT_BYTES
+#define OUT_BYTES (64 * 1024) /* output batch while the process is solo */
+#endif
+
 struct vcpu {
+    uint64_t *lp;        /* next free log word; hot, first */
+    uint64_t *lend;      /* drain at or past this */
     uint64_t key;        /* current run: page | is_write, or NO_KEY */
     uint64_t count;      /* accesses in the current run */
     uint64_t run_icount; /* icount when the run started */
@@ -118,6 +154,9 @@ struct vcpu {
     struct utlb_ent utlb[UTLB_MAX];
     struct rec recs[MAX_REC];
     struct sysrec sys[MAX_SYS];
+    size_t olen;         /* bytes of finished chunks in out[] */
+    unsigned char out[OUT_BYTES];
+    uint64_t log[LOG_N];
 };
 
 static struct vcpu *vcpus[MAX_VCPUS];
@@ -130,6 +169,7 @@ static int64_t g_exit_status = 0xffffffff; /* unknown unless exit/exit_group */
 static unsigned g_exit_vcpu;
 static unsigned utlb_n, utlb_mask;
 static bool out_failed;
+static bool g_batch = true; /* solo process: batch chunks into OUT_BYTES writes */
 /* icount=inline: one process-wide counter bumped by an inline op per TB
  * instead of a per-vCPU TB callback (see docs/trace-format.md). */
 static bool icount_inline;
@@ -202,43 +242,68 @@ static inline uint64_t now(struct vcpu *v)
 /* ---- chunk output ---- */
 static void write_all(const void *buf, size_t len)
 {
-    if (out_failed)
-        return;
-    for (;;) {
-        ssize_t w = write(out_fd, buf, len);
-        if (w == (ssize_t)len)
-            return;
-        if (w < 0 && errno == EINTR)
-            continue;
-        /* The reader is gone or the disk is full: stop emitting, let the
-         * guest finish; emu reports the truncated stream. */
-        out_failed = true;
-        return;
+    const unsigned char *p = buf;
+    while (len && !out_failed) {
+        ssize_t w = write(out_fd, p, len);
+        if (w > 0) {
+            /* Only a batch (> PIPE_BUF) can be cut short, by a signal. */
+            p += w;
+            len -= (size_t)w;
+        } else if (!(w < 0 && errno == EINTR)) {
+            /* The reader is gone or the disk is full: stop emitting, let the
+             * guest finish; emu reports the truncated stream. */
+            out_failed = true;
+        }
     }
 }
 
+/* Write the vCPU's finished chunks. */
+static void out_flush(struct vcpu *v)
+{
+    if (v->olen)
+        write_all(v->out, v->olen);
+    v->olen = 0;
+}
+
+/* Seal the current chunk into the vCPU's output buffer.  While the process
+ * is solo (one vCPU, no fork yet: g_batch) chunks are written OUT_BYTES at a
+ * time, one write() per ~16 chunks; otherwise each chunk is its own write()
+ * of at most PIPE_BUF bytes, atomic on a FIFO shared with other threads and
+ * processes.  A lone writer needs no atomicity. */
 static void flush_chunk(struct vcpu *v)
 {
     if (v->nrec == 0)
         return;
-    unsigned char buf[CHUNK_MAX];
+    unsigned char *buf = v->out + v->olen;
     struct chunk_hdr h = {
         .magic = CHUNK_MAGIC, .version = FORMAT_VERSION, .vcpu = (uint16_t)v->index,
-        .pid = g_pid, .seq = v->seq++, .icount0 = 0, .nrec = v->nrec, .nsys = v->nsys,
-        .crc = 0,
+        .pid = g_pid, .seq = v->seq++, .icount0 = v->icount0, .nrec = v->nrec,
+        .nsys = v->nsys, .crc = 0,
     };
     /* icount0 is the first record's icount; its dicount is 0. */
-    h.icount0 = v->icount0;
     size_t rl = (size_t)v->nrec * REC_SIZE, sl = (size_t)v->nsys * SYS_SIZE;
     memcpy(buf + HDR_SIZE, v->recs, rl);
     memcpy(buf + HDR_SIZE + rl, v->sys, sl);
     memcpy(buf, &h, HDR_SIZE);
     uint32_t crc = crc_update(0, buf, HDR_SIZE - 4);
     h.crc = crc_update(crc, buf + HDR_SIZE, rl + sl);
-    memcpy(buf, &h, HDR_SIZE);
-    write_all(buf, HDR_SIZE + rl + sl);
+    memcpy(buf + offsetof(struct chunk_hdr, crc), &h.crc, sizeof(h.crc));
+    v->olen += HDR_SIZE + rl + sl;
     v->nrec = 0;
     v->nsys = 0;
+    if (!g_batch || v->olen > OUT_BYTES - CHUNK_MAX)
+        out_flush(v);
+}
+
+/* Leave batch mode for good (a second vCPU or process is about to exist):
+ * everything buffered goes out first, so nothing of this process that
+ * happened before can arrive after the newcomer's first chunk. */
+static void batch_end(struct vcpu *v)
+{
+    if (v->nrec)
+        flush_chunk(v);
+    out_flush(v);
+    g_batch = false;
 }
 
 static inline size_t chunk_bytes(unsigned nrec, unsigned nsys)
@@ -316,8 +381,51 @@ static void close_run(struct vcpu *v)
     v->key = NO_KEY;
 }
 
+/* ---- turning the log into records (outside the guest's hot path) ---- */
+
+/* Replay the log into records.  Called when the log is full (from a
+ * callback) and at every sync point, so records keep program order with
+ * syscalls, markers and vCPU events.  The run is kept in registers; GCC
+ * otherwise packs such locals into SSE registers through the stack, a
+ * store-forwarding chain per word that perf put at a third of the drain. */
+__attribute__((optimize("no-tree-slp-vectorize")))
+static __attribute__((noinline)) void drain(struct vcpu *v)
+{
+    const uint64_t *p = v->log, *end = v->lp;
+    uint64_t key = v->key, count = v->count, run_ic = v->run_icount;
+    const bool utlb = utlb_n != 0;
+    v->lp = v->log;
+    for (; p < end; p += 2) {
+        uint64_t w = p[0], x = p[1];
+        uint64_t k = (w & PAGE_MASK) | ((w & L_STORE) >> 1);
+        if (unlikely(w & L_FETCH)) {
+            if (key != NO_KEY)
+                put_access(v, key, count, run_ic);
+            key = NO_KEY;
+            put(v, (w & PAGE_MASK) | K_FETCH, 1, x);
+        } else if (utlb) {
+            if (w & L_VICTIM)  /* absorbed hits: counted, no lookup */
+                put_access(v, k | F_ABSORBED, x, p[3]);
+            else               /* the miss itself, count 1 */
+                put_access(v, k, 1, x);
+        } else if (k == key) {
+            count++;
+        } else {
+            if (key != NO_KEY)
+                put_access(v, key, count, run_ic);
+            key = k;
+            count = 1;
+            run_ic = x;
+        }
+    }
+    v->key = key;
+    v->count = count;
+    v->run_icount = run_ic;
+}
+
 static void sync_point(struct vcpu *v)
 {
+    drain(v);
     close_run(v);
     if (utlb_n)
         utlb_drain(v);
@@ -327,6 +435,11 @@ static void start_process_records(struct vcpu *v)
 {
     put_value(v, K_PROC_START, g_parent);
     g_started = true;
+}
+
+static void log_reset(struct vcpu *v)
+{
+    v->lp = v->log;
 }
 
 static struct vcpu *vcpu_get(unsigned vi)
@@ -343,6 +456,8 @@ static struct vcpu *vcpu_get(unsigned vi)
         v->index = vi;
         v->key = NO_KEY;
         v->fetch_page = NO_KEY;
+        v->lend = v->log + LOG_N - LOG_SLACK;
+        log_reset(v);
         for (unsigned i = 0; i < UTLB_MAX; i++)
             v->utlb[i].key = NO_KEY;
         __atomic_store_n(&vcpus[vi], v, __ATOMIC_RELEASE);
@@ -357,9 +472,11 @@ static void vcpu_start(struct vcpu *v)
      * events go out first, under its own icounts. */
     sync_point(v);
     flush_chunk(v);
+    out_flush(v);
     v->icount = 0;
     v->key = NO_KEY;
     v->fetch_page = NO_KEY;
+    log_reset(v);
     v->active = true;
     if (!g_started)
         start_process_records(v);
@@ -373,10 +490,11 @@ static void vcpu_end(struct vcpu *v)
     sync_point(v);
     put_value(v, K_VCPU_EXIT, 0);
     flush_chunk(v);
+    out_flush(v);
     v->active = false;
 }
 
-/* ---- callbacks ---- */
+/* ---- callbacks: the guest's hot path appends one log word and returns ---- */
 static void on_vcpu_init(qemu_plugin_id_t id, unsigned int vi)
 {
     (void)id;
@@ -392,104 +510,159 @@ static void on_vcpu_exit(qemu_plugin_id_t id, unsigned int vi)
         vcpu_end(vcpus[vi]);
 }
 
-/* Micro-TLB miss: forward the victim's absorbed hits (flagged, so the model
- * counts them without a lookup), then the missing access itself. */
-static void utlb_miss(struct vcpu *v, struct utlb_ent *e, uint64_t key)
+/* Append an access and its icount. */
+static inline __attribute__((always_inline)) void log_access(struct vcpu *v, uint64_t w)
 {
-    uint64_t icount = now(v);
-    if (e->key != NO_KEY && e->count)
-        put_access(v, e->key | F_ABSORBED, e->count, icount);
-    close_run(v);
-    put_access(v, key, 1, icount);
-    e->key = key;
-    e->count = 0;
-}
-
-static inline void on_access(unsigned vi, uint64_t key)
-{
-    struct vcpu *v = vcpus[vi];
-    if (utlb_n) {
-        /* Direct-mapped on (page, kind): a hit costs one compare. */
-        struct utlb_ent *e = &v->utlb[((key >> 11) ^ key) & utlb_mask];
-        if (likely(e->key == key)) {
-            e->count++;
-            return;
-        }
-        utlb_miss(v, e, key);
-        return;
-    }
-    if (likely(key == v->key)) {
-        v->count++;
-        return;
-    }
-    if (v->key != NO_KEY)
-        put_access(v, v->key, v->count, v->run_icount);
-    v->key = key;
-    v->count = 1;
-    v->run_icount = now(v);
+    uint64_t *p = v->lp;
+    p[0] = w;
+    p[1] = v->icount;
+    p += 2;
+    v->lp = p;
+    if (unlikely(p >= v->lend))
+        drain(v);
 }
 
 /* Load or store.  QEMU 7.2 does not honour the R/W filter of
  * qemu_plugin_register_vcpu_mem_cb (measured: a load fired the W-only
- * callback), so one callback asks the meminfo.  qemu_plugin_mem_is_store is
- * an out-of-line call costing a quarter of on_mem; 7.2 keeps the R/W bits
- * at bit 16 of the meminfo, so read them directly, after checking that
- * reading against the API on the first accesses (any mismatch: API only). */
-static bool meminfo_api;
-static int meminfo_checks = 4096;
+ * callback), so one callback reads the meminfo.  qemu_plugin_mem_is_store is
+ * an out-of-line call; 7.2 keeps the R/W bits at bit 16 of the meminfo, and
+ * meminfo_layout_ok() proves that against the API at start-up, so on_mem
+ * reads the store bit directly (else on_mem_api asks the API every time). */
+#define MEMINFO_RW_SHIFT 16
+static bool meminfo_direct = true; /* meminfo_layout_ok() at start-up */
+_Static_assert(QEMU_PLUGIN_MEM_W == L_STORE, "store bit lands on L_STORE");
 
-static inline uint64_t mem_is_store(qemu_plugin_meminfo_t info)
+static bool meminfo_layout_ok(void)
 {
-    uint64_t st = (info >> 16) & QEMU_PLUGIN_MEM_W ? 1 : 0;
-    if (unlikely(meminfo_checks > 0 || meminfo_api)) {
-        uint64_t api = qemu_plugin_mem_is_store(info) ? 1 : 0;
-        if (api != st)
-            meminfo_api = true;
-        meminfo_checks--;
-        return api;
+    for (unsigned b = 0; b < 32; b++) {
+        bool want = b == MEMINFO_RW_SHIFT + 1; /* QEMU_PLUGIN_MEM_W == 2 */
+        if (qemu_plugin_mem_is_store((qemu_plugin_meminfo_t)1u << b) != want)
+            return false;
     }
-    return st;
+    return !qemu_plugin_mem_is_store(~((qemu_plugin_meminfo_t)QEMU_PLUGIN_MEM_W
+                                       << MEMINFO_RW_SHIFT)) &&
+           qemu_plugin_mem_is_store(~(qemu_plugin_meminfo_t)0);
 }
 
-static void fetch_change(struct vcpu *v, uint64_t page)
+/* utlb=N: the micro-TLB runs in the callback, so a hit costs one compare and
+ * logs nothing; a miss logs the victim's hits (if any) and the access. */
+static inline __attribute__((always_inline)) uint64_t *
+utlb_access(struct vcpu *v, uint64_t *p, uint64_t w)
 {
-    close_run(v);
-    put(v, page | K_FETCH, 1, now(v));
-    v->fetch_page = page;
+    uint64_t key = (w & PAGE_MASK) | ((w & L_STORE) >> 1);
+    struct utlb_ent *e = &v->utlb[((key >> 11) ^ key) & utlb_mask];
+    if (likely(e->key == key)) {
+        e->count++;
+        return p;
+    }
+    if (e->key != NO_KEY && e->count) {
+        *p++ = (e->key & PAGE_MASK) | (e->key & 1) << 1 | L_VICTIM;
+        *p++ = e->count;
+    }
+    *p++ = w;
+    *p++ = v->icount;
+    e->key = key;
+    e->count = 0;
+    return p;
 }
 
-/* icount=inline: the fetch page is seen only by instructions that access
- * data, from the page of the instruction (userdata). */
-static void on_mem_inline(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+static void on_mem_utlb(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
 {
+    (void)ud;
     struct vcpu *v = vcpus[vi];
-    uint64_t page = (uint64_t)(uintptr_t)ud;
-    if (unlikely(page != v->fetch_page))
-        fetch_change(v, page);
-    on_access(vi, (va & PAGE_MASK) | mem_is_store(info));
+    uint64_t w = (va & PAGE_MASK) | ((info >> MEMINFO_RW_SHIFT) & L_STORE);
+    if (!meminfo_direct)
+        w = (va & PAGE_MASK) | (qemu_plugin_mem_is_store(info) ? L_STORE : 0);
+    uint64_t *p = utlb_access(v, v->lp, w);
+    v->lp = p;
+    if (unlikely(p >= v->lend))
+        drain(v);
 }
 
 static void on_mem(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
 {
     (void)ud;
-    on_access(vi, (va & PAGE_MASK) | mem_is_store(info));
+    log_access(vcpus[vi], (va & PAGE_MASK) | ((info >> MEMINFO_RW_SHIFT) & L_STORE));
 }
 
-#define TB_NINSN_MASK 0x7ffu
-#define TB_CROSS 0x800u
+static void on_mem_api(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    (void)ud;
+    log_access(vcpus[vi], (va & PAGE_MASK) | (qemu_plugin_mem_is_store(info) ? L_STORE : 0));
+}
 
+/* icount=inline: the fetch page is seen only by instructions that access
+ * data, from the page of the instruction (userdata); the icount is the
+ * process-wide inline counter (clamped: other threads bump it too). */
+static inline __attribute__((always_inline)) void
+mem_inline(unsigned int vi, uint64_t va, void *ud, uint64_t store)
+{
+    struct vcpu *v = vcpus[vi];
+    uint64_t page = (uint64_t)(uintptr_t)ud;
+    uint64_t g = __atomic_load_n(&g_icount, __ATOMIC_RELAXED);
+    uint64_t *p = v->lp;
+    if (g > v->icount)
+        v->icount = g;
+    if (unlikely(page != v->fetch_page)) {
+        v->fetch_page = page;
+        *p++ = page | L_FETCH;
+        *p++ = v->icount;
+    }
+    uint64_t w = (va & PAGE_MASK) | store;
+    if (utlb_n) {
+        p = utlb_access(v, p, w);
+    } else {
+        *p++ = w;
+        *p++ = v->icount;
+    }
+    v->lp = p;
+    if (unlikely(p >= v->lend))
+        drain(v);
+}
 
+static void on_mem_inline(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    mem_inline(vi, va, ud, (info >> MEMINFO_RW_SHIFT) & L_STORE);
+}
+
+static void on_mem_inline_api(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va,
+                              void *ud)
+{
+    mem_inline(vi, va, ud, qemu_plugin_mem_is_store(info) ? L_STORE : 0);
+}
+
+/* A block starting on another page than the last, or running into the next
+ * page: log the fetch-page change(s) at the block's icount. */
+static __attribute__((noinline)) void tb_fetch(struct vcpu *v, uint64_t u)
+{
+    uint64_t page = u & PAGE_MASK;
+    uint64_t *p = v->lp;
+    if (page != v->fetch_page) {
+        *p++ = page | L_FETCH;
+        *p++ = v->icount;
+    }
+    if (u & TB_CROSS) {
+        page += 0x1000;
+        *p++ = page | L_FETCH;
+        *p++ = v->icount;
+    }
+    v->fetch_page = page;
+    v->lp = p;
+    if (p >= v->lend)
+        drain(v);
+}
+
+/* Block start: the icount, and the fetch page when it changes. */
 static void on_tb_exec(unsigned int vi, void *ud)
 {
     struct vcpu *v = vcpus[vi];
     uint64_t u = (uint64_t)(uintptr_t)ud;
-    uint64_t page = u & PAGE_MASK;
     v->icount += u & TB_NINSN_MASK;
-    if (unlikely(page != v->fetch_page))
-        fetch_change(v, page);
-    if (unlikely(u & TB_CROSS))
-        fetch_change(v, page + 0x1000);
+    if (unlikely((u & (PAGE_MASK | TB_CROSS)) != v->fetch_page))
+        tb_fetch(v, u);
 }
+
+static qemu_plugin_vcpu_mem_cb_t mem_cb = on_mem, mem_inline_cb = on_mem_inline;
 
 static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
@@ -498,26 +671,32 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     if (n == 0)
         return;
     uint64_t start = qemu_plugin_tb_vaddr(tb);
-    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
-    uint64_t end = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last) - 1;
-    uint64_t u = (start & PAGE_MASK) | (n & TB_NINSN_MASK);
-    if ((end & PAGE_MASK) != (start & PAGE_MASK))
-        u |= TB_CROSS;
     if (icount_inline) {
         qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &g_icount, n);
         for (size_t i = 0; i < n; i++) {
             struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
             uintptr_t page = (uintptr_t)(qemu_plugin_insn_vaddr(insn) & PAGE_MASK);
-            qemu_plugin_register_vcpu_mem_cb(insn, on_mem_inline, QEMU_PLUGIN_CB_NO_REGS,
+            qemu_plugin_register_vcpu_mem_cb(insn, mem_inline_cb, QEMU_PLUGIN_CB_NO_REGS,
                                              QEMU_PLUGIN_MEM_RW, (void *)page);
         }
         return;
     }
-    qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
-                                         (void *)(uintptr_t)u);
+    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
+    uint64_t end = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last) - 1;
+    uint64_t cross = (end & PAGE_MASK) != (start & PAGE_MASK) ? TB_CROSS : 0;
+    /* Userdata: page | cross-page | ninsn; a block longer than TB_NINSN_MASK
+     * (not in 7.2, whose limit is 512) gets one callback per part. */
+    for (size_t left = n; left; ) {
+        size_t k = left < TB_NINSN_MASK ? left : TB_NINSN_MASK;
+        uint64_t u = (start & PAGE_MASK) | cross | k;
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
+                                             (void *)(uintptr_t)u);
+        left -= k;
+        cross = 0;
+    }
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
-        qemu_plugin_register_vcpu_mem_cb(insn, on_mem, QEMU_PLUGIN_CB_NO_REGS,
+        qemu_plugin_register_vcpu_mem_cb(insn, mem_cb, QEMU_PLUGIN_CB_NO_REGS,
                                          QEMU_PLUGIN_MEM_RW, NULL);
     }
 }
@@ -558,14 +737,21 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
         g_exit_status = (int64_t)(uint32_t)a1 & 0xff;
         g_exit_vcpu = vi;
         put_syscall(v, nr, args, 0);
-        if (nr == nrs.exit)
+        if (nr == nrs.exit) {
             vcpu_end(v);
-        else
+        } else {
             flush_chunk(v);
-    } else if (is_fork_like(nr, a1)) {
+            out_flush(v);
+        }
+    } else if (is_fork_like(nr, a1) || nr == nrs.clone || nr == nrs.clone3) {
         /* Everything before the fork reaches the reader before the child's
-         * first event, and the child inherits an empty buffer. */
+         * first event, and the child inherits an empty buffer; a new thread
+         * or process ends batching (flush_chunk). */
+        batch_end(v);
+    } else if (nr == nrs.execve || nr == nrs.execveat) {
+        /* A successful exec replaces the plugin without an exit hook. */
         flush_chunk(v);
+        out_flush(v);
     }
 }
 
@@ -575,6 +761,7 @@ static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int
     struct vcpu *v = vcpu_get(vi);
     if (nr != v->sc_nr)
         return;
+    sync_point(v); /* normally empty since the entry: no guest code ran */
     if (nr == EMU_MARK_NR) {
         put_value(v, K_MARK, v->sc_args[0]);
         return;
@@ -589,8 +776,10 @@ static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int
                 if (!o)
                     continue;
                 o->nrec = o->nsys = 0;
+                o->olen = 0;
                 o->seq = 0;
                 o->key = NO_KEY;
+                log_reset(o);
                 for (unsigned k = 0; k < UTLB_MAX; k++) {
                     o->utlb[k].key = NO_KEY;
                     o->utlb[k].count = 0;
@@ -623,10 +812,12 @@ static void on_atexit(qemu_plugin_id_t id, void *ud)
             last = v;
         vcpu_end(v);
         flush_chunk(v);
+        out_flush(v);
     }
     if (last) {
         put_value(last, K_PROC_EXIT, (uint64_t)g_exit_status);
         flush_chunk(last);
+        out_flush(last);
     }
 }
 
@@ -682,6 +873,13 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         fcntl(out_fd, F_SETPIPE_SZ, 1 << 20); /* fewer wake-ups; best effort */
     crc_init();
     g_pid = (uint32_t)getpid();
+    if (!meminfo_layout_ok()) {
+        meminfo_direct = false;
+        mem_cb = on_mem_api;
+        mem_inline_cb = on_mem_inline_api;
+    }
+    if (utlb_n)
+        mem_cb = on_mem_utlb;
 
     qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, on_vcpu_exit);
