@@ -83,7 +83,7 @@ class _FifoStream:
         self._stop = threading.Event()
 
     def prefetch(self, limit: int = PREFETCH_MAX) -> None:
-        """Drain the FIFO into memory in a thread until the first readinto().
+        """Drain the FIFO into memory in a thread until readinto() has caught up.
 
         QEMU starts as soon as the options are checked, while emu imports and
         builds the model (about a second); without a reader the pipe would
@@ -121,14 +121,18 @@ class _FifoStream:
             raise self._error
 
     def _from_pending(self, mv) -> int:
-        data = self._pending[0]
-        n = min(len(mv), len(data) - self._pending_off)
-        mv[:n] = data[self._pending_off:self._pending_off + n]
-        self._pending_off += n
-        if self._pending_off == len(data):
-            self._pending.popleft()
-            self._pending_off = 0
-        return n
+        """Copy as much of the backlog as fits into mv."""
+        got = 0
+        while self._pending and got < len(mv):
+            data = self._pending[0]
+            n = min(len(mv) - got, len(data) - self._pending_off)
+            mv[got:got + n] = data[self._pending_off:self._pending_off + n]
+            got += n
+            self._pending_off += n
+            if self._pending_off == len(data):
+                self._pending.popleft()
+                self._pending_off = 0
+        return got
 
     def _wait_connected(self) -> bool:
         p = select.poll()
@@ -146,6 +150,10 @@ class _FifoStream:
 
     def readinto(self, mv) -> int:
         if self._drainer is not None:
+            # While a backlog is served the drainer keeps emptying the pipe,
+            # so QEMU does not stall while the model catches up.
+            if self._pending:
+                return self._from_pending(mv)
             self._end_prefetch()
         if self._pending:
             return self._from_pending(mv)
