@@ -84,7 +84,6 @@ class ModelPlan:
     QEMU already runs: bad input still fails before the guest starts.
     """
 
-    arch: str
     args: argparse.Namespace
     config: Any            # ThpConfig
     profile: Any | None    # TlbProfile, None with --no-hw
@@ -109,7 +108,7 @@ def plan_model(arch: str, args: argparse.Namespace) -> ModelPlan:
         if profile.arch != arch:
             raise EmuError(f"profile {profile.name} is for {profile.arch}, the guest is {arch}")
         config = config_from_cli(args.thp, args.mthp, toml=args.config)
-    return ModelPlan(arch, args, config, profile, _memory_frames(args.memory),
+    return ModelPlan(args, config, profile, _memory_frames(args.memory),
                      _fragment(args.fragment), _parse_marks(args.at_mark, args.no_hw))
 
 

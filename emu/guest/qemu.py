@@ -113,12 +113,11 @@ class _FifoStream:
         except OSError as e:
             self._error = e
 
-    def _end_prefetch(self) -> None:
-        self._stop.set()
-        self._drainer.join()
-        self._drainer = None
-        if self._error is not None:
-            raise self._error
+    def _stop_drainer(self) -> None:
+        if self._drainer is not None:
+            self._stop.set()
+            self._drainer.join()
+            self._drainer = None
 
     def _from_pending(self, mv) -> int:
         """Copy as much of the backlog as fits into mv."""
@@ -149,12 +148,12 @@ class _FifoStream:
         return True
 
     def readinto(self, mv) -> int:
-        if self._drainer is not None:
-            # While a backlog is served the drainer keeps emptying the pipe,
-            # so QEMU does not stall while the model catches up.
-            if self._pending:
-                return self._from_pending(mv)
-            self._end_prefetch()
+        # While a backlog is served the drainer keeps emptying the pipe, so
+        # QEMU does not stall while the model catches up; then reads go direct.
+        if self._drainer is not None and not self._pending:
+            self._stop_drainer()
+            if self._error is not None:
+                raise self._error
         if self._pending:
             return self._from_pending(mv)
         if self._eof:
@@ -172,10 +171,7 @@ class _FifoStream:
         return self._fd
 
     def close(self) -> None:
-        if self._drainer is not None:
-            self._stop.set()
-            self._drainer.join()
-            self._drainer = None
+        self._stop_drainer()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

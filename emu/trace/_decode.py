@@ -94,27 +94,27 @@ def _host_has_crc32c() -> bool:
 
 HW_CRC = _host_has_crc32c()
 
-if HW_CRC:
-    @intrinsic
-    def _hw_crc_u64(typingctx, crc, word):
-        """llvm.x86.sse42.crc32.64.64 on the inverted state (u64 holding a u32)."""
-        def codegen(context, builder, signature, args):
-            from llvmlite import ir
-            i64 = ir.IntType(64)
-            fn = builder.module.declare_intrinsic(
-                "llvm.x86.sse42.crc32.64.64", fnty=ir.FunctionType(i64, [i64, i64]))
-            return builder.call(fn, args)
-        return types.uint64(types.uint64, types.uint64), codegen
+
+def _sse42_crc(bits: int):
+    """A numba intrinsic for llvm.x86.sse42.crc32.<bits>.<bits> (state, data)."""
+    nbty = types.uint64 if bits == 64 else types.uint32
 
     @intrinsic
-    def _hw_crc_u32(typingctx, crc, word):
+    def crc(typingctx, state, data):
         def codegen(context, builder, signature, args):
             from llvmlite import ir
-            i32 = ir.IntType(32)
+            ity = ir.IntType(bits)
             fn = builder.module.declare_intrinsic(
-                "llvm.x86.sse42.crc32.32.32", fnty=ir.FunctionType(i32, [i32, i32]))
+                f"llvm.x86.sse42.crc32.{bits}.{bits}", fnty=ir.FunctionType(ity, [ity, ity]))
             return builder.call(fn, args)
-        return types.uint32(types.uint32, types.uint32), codegen
+        return nbty(nbty, nbty), codegen
+    return crc
+
+
+if HW_CRC:
+    # The 64-bit form keeps the (inverted) u32 state in a u64.
+    _hw_crc_u64 = _sse42_crc(64)
+    _hw_crc_u32 = _sse42_crc(32)
 
     @njit(inline="always")
     def _crc_word_any(c, w, tab):

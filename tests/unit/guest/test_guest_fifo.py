@@ -31,15 +31,21 @@ def _writer(path: str, payload: bytes, pause_at: int, gate: threading.Event) -> 
         os.close(fd)
 
 
-@pytest.mark.parametrize("read_size", [1000, 1 << 20])
-def test_prefetch_keeps_order_and_every_byte(tmp_path, read_size):
+def _start(tmp_path, size: int, pause_at: int, gate: threading.Event):
+    """A FIFO, its read end, and a writer thread sending `size` random bytes."""
     path = str(tmp_path / "stream")
     os.mkfifo(path)
     stream = _FifoStream(path)
-    payload = os.urandom(3 << 20)
-    gate = threading.Event()
-    t = threading.Thread(target=_writer, args=(path, payload, 1 << 20, gate))
+    payload = os.urandom(size)
+    t = threading.Thread(target=_writer, args=(path, payload, pause_at, gate))
     t.start()
+    return stream, payload, t
+
+
+@pytest.mark.parametrize("read_size", [1000, 1 << 20])
+def test_prefetch_keeps_order_and_every_byte(tmp_path, read_size):
+    gate = threading.Event()
+    stream, payload, t = _start(tmp_path, 3 << 20, 1 << 20, gate)
     stream.prefetch()
     deadline = time.monotonic() + 5
     while not stream._pending and time.monotonic() < deadline:
@@ -53,14 +59,9 @@ def test_prefetch_keeps_order_and_every_byte(tmp_path, read_size):
 
 
 def test_prefetch_limit_leaves_the_rest_in_the_pipe(tmp_path):
-    path = str(tmp_path / "stream")
-    os.mkfifo(path)
-    stream = _FifoStream(path)
-    payload = os.urandom(2 << 20)
     gate = threading.Event()
     gate.set()
-    t = threading.Thread(target=_writer, args=(path, payload, 0, gate))
-    t.start()
+    stream, payload, t = _start(tmp_path, 2 << 20, 0, gate)
     stream.prefetch(limit=64 << 10)
     time.sleep(0.2)
     assert sum(len(b) for b in stream._pending) < len(payload)
