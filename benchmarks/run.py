@@ -8,8 +8,9 @@ Workloads: `random` (build/guest/<arch>/random -m 64 -i 100M -q) and busybox
 gzip of a generated 20 MB file (x86-64: /bin/busybox; arm64: Debian's
 busybox-static arm64 .deb, fetched once into build/bench/).  Rows: native
 (x86-64 only), plain QEMU, QEMU + plugin writing to /dev/null (both icount
-modes), QEMU + plugin streaming to emu's reader (decode only, no model), and
-the full `emu run`.  Every ratio is to plain QEMU measured in the same run.
+modes), QEMU + plugin streaming to emu's reader (decode only, no model) through
+the shared-memory ring and, for comparison, through the FIFO alone, and the
+full `emu run`.  Every ratio is to plain QEMU measured in the same run.
 Times are wall-clock seconds, the best of --repeat rounds; each round runs
 every row once, in turn, so that the machine's drift hits all rows alike.
 """
@@ -101,12 +102,15 @@ def timed(argv: list[str], stdin: Path | None = None) -> float:
 
 
 def timed_stream(binary: str, args: list[str], arch: str, plugin_args: list[str],
-                 stdin: Path | None) -> tuple[float, int]:
-    """QEMU + plugin on a FIFO, emu's reader decoding every batch (no model)."""
+                 stdin: Path | None, ring: int | None = None) -> tuple[float, int]:
+    """QEMU + plugin streaming to emu's reader, which decodes every batch (no model).
+
+    ring: the shared-memory ring's size (None: emu's default), 0 for the FIFO.
+    """
     with open(stdin or os.devnull, "rb") as i:
         t = time.perf_counter()
         with GuestRun(binary, args, arch=arch, plugin_args=plugin_args, stdin=i,
-                      stdout=subprocess.DEVNULL) as g:
+                      stdout=subprocess.DEVNULL, ring=ring) as g:
             n = sum(len(b.events) for b in iter_batches(g.stream))
             rc = g.wait()
         dt = time.perf_counter() - t
@@ -152,8 +156,8 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
               run_emu) -> None:
     events: dict[str, int] = {}
 
-    def stream(m):
-        dt, n = timed_stream(exe, args, arch, m.split(","), stdin)
+    def stream(m, ring=None):
+        dt, n = timed_stream(exe, args, arch, m.split(","), stdin, ring)
         events[m] = n
         return dt
 
@@ -168,6 +172,8 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                      lambda o=opts: timed([*base, "-plugin", o, exe, *args], stdin)))
     for mode in STREAM_MODES:
         plan.append((f"qemu+plugin -> emu reader {mode}", lambda m=mode: stream(m)))
+    plan.append((f"  the same through the FIFO {STREAM_MODES[0]}",
+                 lambda: stream(STREAM_MODES[0], ring=0)))
     skipped = None
     if emu and run_emu:
         plan.append(("emu run", lambda: timed([emu, "run", "--", exe, *args], stdin)))

@@ -143,6 +143,8 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
 
 def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
     """--at-mark ID:SETTING as (id, setting, value), checked before the guest runs."""
+    if not specs:
+        return []   # and no numpy import before QEMU starts
     from emu.kernel.config import parse_mthp, parse_thp
     from emu.kernel.khugepaged_knobs import KhugepagedKnobs
 
@@ -299,6 +301,11 @@ def run(args: argparse.Namespace) -> int:
             guest.kill()
             raise
         status = guest.wait()
+        lost = getattr(guest.stream, "unfinished", 0)
+        if lost:
+            print(f"emu: warning: the stream ends in {lost} bytes a guest process reserved "
+                  "but never finished (killed while writing); the events after them are "
+                  "missing", file=sys.stderr)
     from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
     _write_outputs(args, result)

@@ -20,13 +20,20 @@
  * misses, which then overlap less; the same work done later in a batch is
  * cheap.  docs/plugin.md has the measurements.
  *
- * Output: chunks of at most PIPE_BUF bytes to the FIFO or file named by
- * out=PATH.  Once a process has (or had) a second thread or process, each
- * chunk is one write(), so threads and forked processes never interleave
- * inside a chunk; before that, chunks go out 64 KiB per write().  Layout:
- * docs/trace-format.md (version 1).
+ * Output: chunks of at most PIPE_BUF bytes (layout: docs/trace-format.md,
+ * version 1), by one of two transports:
+ *   - ringfd=N: a shared-memory ring that emu created and passed as file
+ *     descriptor N.  Every writer (thread or forked process) reserves its
+ *     chunk's bytes with one atomic add, copies the chunk in and publishes it
+ *     by storing its first word last; emu reads chunks in reservation order.
+ *     No system call per chunk (docs/pipeline-speed.md).  out=PATH is then
+ *     only held open: its end-of-file tells emu that every process is gone.
+ *   - otherwise write() to the FIFO or file named by out=PATH.  Once a
+ *     process has (or had) a second thread or process, each chunk is one
+ *     write(), so threads and forked processes never interleave inside a
+ *     chunk; before that, chunks go out 64 KiB per write().
  *
- * Arguments: out=PATH (required); utlb=N (direct-mapped micro-TLB entries, a
+ * Arguments: out=PATH (required); ringfd=N (the ring, see above); utlb=N (direct-mapped micro-TLB entries, a
  * power of two up to 256; 0 = off, the default); icount=tb (default: exact
  * per-vCPU counts and fetch pages from a TB callback) or icount=inline (a
  * process-wide inline counter, fetch pages seen only at data accesses).
@@ -42,7 +49,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <qemu-plugin.h>
@@ -175,6 +185,37 @@ static bool g_batch = true; /* solo process: batch chunks into OUT_BYTES writes 
 static bool icount_inline;
 static uint64_t g_icount;
 
+/* ---- the shared-memory ring (ringfd=N); emu/guest/ring.py is the reader ----
+ * A control page, then cap data bytes (a power of two).  head and tail are
+ * absolute byte positions that only grow; byte pos lives at data[pos % cap].
+ * A writer reserves [pos, pos + len) with one atomic add on head, waits until
+ * pos + len - tail <= cap, copies the chunk in and stores its first 8 bytes
+ * last (release): a non-zero magic at pos publishes the chunk.  emu copies
+ * published chunks out in position order, zeroes their bytes, then advances
+ * tail.  A writer killed between its add and its store leaves a hole that
+ * emu reports when the stream ends. */
+#define RING_MAGIC 0x31474E4952554D45ull /* "EMURING1" in byte order */
+#define RING_CTL 4096                    /* data starts one page in */
+
+struct ring_ctl {
+    uint64_t magic;
+    uint64_t cap;        /* data bytes */
+    uint32_t consumer;   /* emu's pid: a writer waiting for room checks it */
+    uint32_t closed;     /* emu stopped reading: writers drop their chunks */
+    uint32_t attached;   /* processes that mapped the ring at start-up */
+    uint32_t pad0;
+    uint64_t pad1[4];
+    uint64_t head;       /* offset 64, its own cache line: writers */
+    uint64_t pad2[7];
+    uint64_t tail;       /* offset 128: emu */
+};
+_Static_assert(offsetof(struct ring_ctl, head) == 64, "ring layout");
+_Static_assert(offsetof(struct ring_ctl, tail) == 128, "ring layout");
+
+static struct ring_ctl *ring; /* NULL: write() to out_fd */
+static unsigned char *ring_data;
+static uint64_t ring_cap;
+
 /* ---- CRC-32C (Castagnoli, reflected): the SSE4.2 crc32 instruction when the
  * host has it (measured: the table version cost ~5% of plugin time), else a
  * table.  emu/trace/_decode.py computes the same function. ---- */
@@ -257,6 +298,67 @@ static void write_all(const void *buf, size_t len)
     }
 }
 
+/* Wait until emu has consumed enough for [.., end) to fit; false if emu has
+ * stopped reading or is gone (then the guest runs on without output). */
+static bool ring_room(uint64_t end)
+{
+    struct timespec ts = { 0, 10000 };
+    for (unsigned waits = 1;
+         end - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) > ring_cap; waits++) {
+        if (__atomic_load_n(&ring->closed, __ATOMIC_RELAXED))
+            return false;
+        if (waits % 64 == 0 && kill((pid_t)ring->consumer, 0) < 0 && errno == ESRCH)
+            return false;
+        nanosleep(&ts, NULL);
+        if (ts.tv_nsec < 1000000)
+            ts.tv_nsec *= 2;
+    }
+    return true;
+}
+
+/* Publish one chunk: reserve, copy (in two parts at the wrap), then store
+ * the first word, which emu polls for. */
+static void ring_write(const unsigned char *buf, size_t len)
+{
+    uint64_t pos = __atomic_fetch_add(&ring->head, len, __ATOMIC_RELAXED);
+    if (!ring_room(pos + len)) {
+        out_failed = true;
+        return;
+    }
+    uint64_t off = pos & (ring_cap - 1);
+    size_t first = ring_cap - off < len ? (size_t)(ring_cap - off) : len;
+    memcpy(ring_data + off + 8, buf + 8, first - 8); /* off is 16-aligned */
+    memcpy(ring_data, buf + first, len - first);
+    uint64_t w0;
+    memcpy(&w0, buf, 8);
+    __atomic_store_n((uint64_t *)(void *)(ring_data + off), w0, __ATOMIC_RELEASE);
+}
+
+static bool ring_attach(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size <= RING_CTL) {
+        close(fd);
+        return false;
+    }
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd); /* the mapping keeps the ring; the guest never sees the fd */
+    if (m == MAP_FAILED)
+        return false;
+    struct ring_ctl *c = m;
+    uint64_t cap = c->cap;
+    if (c->magic != RING_MAGIC || cap < CHUNK_MAX || (cap & (cap - 1)) ||
+        (uint64_t)st.st_size != RING_CTL + cap) {
+        munmap(m, (size_t)st.st_size);
+        return false;
+    }
+    ring = c;
+    ring_data = (unsigned char *)m + RING_CTL;
+    ring_cap = cap;
+    __atomic_fetch_add(&c->attached, 1, __ATOMIC_RELEASE);
+    return true;
+}
+
 /* Write the vCPU's finished chunks. */
 static void out_flush(struct vcpu *v)
 {
@@ -288,9 +390,14 @@ static void flush_chunk(struct vcpu *v)
     uint32_t crc = crc_update(0, buf, HDR_SIZE - 4);
     h.crc = crc_update(crc, buf + HDR_SIZE, rl + sl);
     memcpy(buf + offsetof(struct chunk_hdr, crc), &h.crc, sizeof(h.crc));
-    v->olen += HDR_SIZE + rl + sl;
     v->nrec = 0;
     v->nsys = 0;
+    if (ring) { /* straight into the ring: olen stays 0 */
+        if (!out_failed)
+            ring_write(buf, HDR_SIZE + rl + sl);
+        return;
+    }
+    v->olen += HDR_SIZE + rl + sl;
     if (!g_batch || v->olen > OUT_BYTES - CHUNK_MAX)
         out_flush(v);
 }
@@ -825,9 +932,17 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
                                            int argc, char **argv)
 {
     const char *out = NULL;
+    long ringfd = -1;
     for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "out=", 4) == 0) {
             out = argv[i] + 4;
+        } else if (strncmp(argv[i], "ringfd=", 7) == 0) {
+            char *end;
+            ringfd = strtol(argv[i] + 7, &end, 10);
+            if (*end || end == argv[i] + 7 || ringfd < 0 || ringfd > INT_MAX) {
+                fprintf(stderr, "emu plugin: ringfd must be a file descriptor number\n");
+                return -1;
+            }
         } else if (strncmp(argv[i], "utlb=", 5) == 0) {
             char *end;
             unsigned long n = strtoul(argv[i] + 5, &end, 10);
@@ -868,8 +983,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         fprintf(stderr, "emu plugin: cannot open %s: %s\n", out, strerror(errno));
         return -1;
     }
+    if (ringfd >= 0 && !ring_attach((int)ringfd)) {
+        fprintf(stderr, "emu plugin: ringfd=%ld is not an emu ring\n", ringfd);
+        return -1;
+    }
     struct stat st;
-    if (fstat(out_fd, &st) == 0 && S_ISFIFO(st.st_mode))
+    if (!ring && fstat(out_fd, &st) == 0 && S_ISFIFO(st.st_mode))
         fcntl(out_fd, F_SETPIPE_SZ, 1 << 20); /* fewer wake-ups; best effort */
     crc_init();
     g_pid = (uint32_t)getpid();

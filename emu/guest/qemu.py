@@ -1,4 +1,4 @@
-"""Launch a guest under Debian's qemu-user with the emu plugin streaming to a FIFO.
+"""Launch a guest under Debian's qemu-user with the emu plugin streaming to emu.
 
     with GuestRun(binary, args, arch="x86_64") as run:
         for batch in iter_batches(run.stream): ...
@@ -14,21 +14,17 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
 from emu.errors import EmuError
+from emu.guest.backlog import Backlogged
 
 QEMU_BINARIES = {"x86_64": "qemu-x86_64", "arm64": "qemu-aarch64"}
 DEFAULT_SYSROOTS = {"x86_64": "/", "arm64": "/usr/aarch64-linux-gnu"}
 _ARCH_ALIASES = {"x86_64": "x86_64", "x86-64": "x86_64", "amd64": "x86_64",
                  "arm64": "arm64", "aarch64": "arm64"}
 REPO = Path(__file__).resolve().parents[2]
-# While the model loads, the stream is drained into memory up to this much;
-# past it QEMU waits on the pipe as it would without a prefetch.
-PREFETCH_MAX = 1 << 30
 
 
 def normalize_arch(arch: str) -> str:
@@ -56,7 +52,21 @@ def find_plugin() -> str:
     return str(path)
 
 
-class _FifoStream:
+def default_ring_bytes() -> int:
+    """The ring's size for a run, 0 for the FIFO transport.
+
+    Published chunks are read after their magic without a fence, which
+    x86-64's load ordering makes safe; elsewhere the FIFO carries the data.
+    """
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return 0
+    from emu.guest.ring import RING_BYTES
+    return RING_BYTES
+
+
+class _FifoStream(Backlogged):
     """Read end of the plugin's FIFO that cannot hang if QEMU never opens it.
 
     Opened non-blocking before QEMU starts (so the plugin's open never
@@ -66,6 +76,7 @@ class _FifoStream:
     """
 
     def __init__(self, path: str, proc: subprocess.Popen | None = None):
+        super().__init__()
         self.name = path
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -75,63 +86,17 @@ class _FifoStream:
             pass  # a smaller pipe only costs more wake-ups
         self.proc = proc
         self._connected = False
-        self._pending: deque[bytes] = deque()
-        self._pending_off = 0
-        self._eof = False
-        self._error: OSError | None = None
-        self._drainer: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._poll: select.poll | None = None
 
-    def prefetch(self, limit: int = PREFETCH_MAX) -> None:
-        """Drain the FIFO into memory in a thread until readinto() has caught up.
-
-        QEMU starts as soon as the options are checked, while emu imports and
-        builds the model (about a second); without a reader the pipe would
-        fill within milliseconds and stall the guest for all that time.
-        """
-        self._drainer = threading.Thread(target=self._drain, args=(limit,),
-                                         name="emu-fifo-prefetch", daemon=True)
-        self._drainer.start()
-
-    def _drain(self, limit: int) -> None:
-        try:
+    def _next_block(self) -> bytes | bytearray | None:
+        if not self._connected:
             if not self._wait_connected():
-                self._eof = True
-                return
-            p = select.poll()
-            p.register(self._fd, select.POLLIN | select.POLLHUP)
-            total = 0
-            while total < limit and not self._stop.is_set():
-                if not p.poll(20):
-                    continue
-                data = os.read(self._fd, 1 << 20)
-                if not data:
-                    self._eof = True
-                    return
-                self._pending.append(data)
-                total += len(data)
-        except OSError as e:
-            self._error = e
-
-    def _stop_drainer(self) -> None:
-        if self._drainer is not None:
-            self._stop.set()
-            self._drainer.join()
-            self._drainer = None
-
-    def _from_pending(self, mv) -> int:
-        """Copy as much of the backlog as fits into mv."""
-        got = 0
-        while self._pending and got < len(mv):
-            data = self._pending[0]
-            n = min(len(mv) - got, len(data) - self._pending_off)
-            mv[got:got + n] = data[self._pending_off:self._pending_off + n]
-            got += n
-            self._pending_off += n
-            if self._pending_off == len(data):
-                self._pending.popleft()
-                self._pending_off = 0
-        return got
+                return None
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN | select.POLLHUP)
+        if not self._poll.poll(20):
+            return b""
+        return os.read(self._fd, 1 << 20) or None
 
     def _wait_connected(self) -> bool:
         p = select.poll()
@@ -147,25 +112,10 @@ class _FifoStream:
         self._connected = True
         return True
 
-    def readinto(self, mv) -> int:
-        # While a backlog is served the drainer keeps emptying the pipe, so
-        # QEMU does not stall while the model catches up; then reads go direct.
-        if self._drainer is not None and not self._pending:
-            self._stop_drainer()
-            if self._error is not None:
-                raise self._error
-        if self._pending:
-            return self._from_pending(mv)
-        if self._eof:
-            return 0
+    def _read_direct(self, mv) -> int:
         if not self._connected and not self._wait_connected():
             return 0
         return os.readv(self._fd, [mv])
-
-    def read(self, n: int = -1) -> bytes:
-        buf = bytearray(1 << 20 if n < 0 else n)
-        k = self.readinto(memoryview(buf))
-        return bytes(buf[:k])
 
     def fileno(self) -> int:
         return self._fd
@@ -184,7 +134,8 @@ class _FifoStream:
 class GuestRun:
     """One guest under QEMU with the plugin; a context manager.
 
-    stream: the FIFO's read end (pass to emu.trace.iter_batches);
+    stream: the stream's read end (pass to emu.trace.iter_batches): the
+    shared-memory ring (emu.guest.ring) by default, the FIFO with ring=0;
     wait() -> exit status; argv: the QEMU command line used.
     """
 
@@ -192,7 +143,7 @@ class GuestRun:
                  arch: str, sysroot: str | None = None, plugin: str | None = None,
                  plugin_args: Sequence[str] = (), out: str | None = None,
                  qemu_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 stdin=None, stdout=None, stderr=None):
+                 stdin=None, stdout=None, stderr=None, ring: int | None = None):
         self.arch = normalize_arch(arch)
         self.binary = str(binary)
         self.args = list(args)
@@ -202,6 +153,8 @@ class GuestRun:
         self.plugin_args = list(plugin_args)
         self.qemu_args = list(qemu_args)
         self._out = out   # a file or /dev/null instead of a FIFO (benchmarks)
+        # Bytes of shared-memory ring (emu.guest.ring), 0 for the FIFO alone.
+        self._ring_bytes = default_ring_bytes() if ring is None else ring
         self.env = env
         self._stdio = {"stdin": stdin, "stdout": stdout, "stderr": stderr}  # None: inherit
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -212,19 +165,28 @@ class GuestRun:
     def start(self) -> "GuestRun":
         if not os.path.isfile(self.binary):
             raise EmuError(f"{self.binary}: no such file")
+        ring = None
+        extra = []
         if self._out is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="emu-")
             fifo = os.path.join(self._tmp.name, "stream")
             os.mkfifo(fifo, 0o600)
-            self.stream = _FifoStream(fifo)
+            if self._ring_bytes:
+                from emu.guest.ring import Ring, RingStream
+                ring = Ring(self._ring_bytes)
+                self.stream = RingStream(fifo, ring)
+                extra = [f"ringfd={ring.fd}"]
+            else:
+                self.stream = _FifoStream(fifo)
             out = fifo
         else:
             out = self._out
-        opts = ",".join([self.plugin, f"out={out}", *self.plugin_args])
+        opts = ",".join([self.plugin, f"out={out}", *extra, *self.plugin_args])
         self.argv = [self.qemu, "-L", self.sysroot, *self.qemu_args, "-plugin", opts,
                      self.binary, *self.args]
         try:
-            self.proc = subprocess.Popen(self.argv, env=self.env, **self._stdio)
+            self.proc = subprocess.Popen(self.argv, env=self.env, **self._stdio,
+                                         pass_fds=(ring.fd,) if ring else ())
         except OSError as e:
             self.close()
             raise EmuError(f"cannot start {self.qemu}: {e.strerror}") from None

@@ -63,14 +63,20 @@ def guests(tmp_path_factory, plugin):
     return built
 
 
-def run(guests, name, arch, tmp_path, plugin_args=(), record=None, binary=None):
+# Transports (GuestRun's ring=): the default shared-memory ring, a one-page
+# ring (writers wait for room and wrap on nearly every chunk), the FIFO alone.
+TRANSPORTS = {"ring": None, "ring4k": 4096, "fifo": 0}
+
+
+def run(guests, name, arch, tmp_path, plugin_args=(), record=None, binary=None,
+        transport="ring"):
     """Run a guest; return (Batch of all events, exit status, stdout text)."""
     exe = binary or guests.get((name, arch))
     if exe is None:
         pytest.skip(f"no compiler or QEMU for {arch}")
     out = tmp_path / f"{name}.{arch}.stdout"
     with open(out, "w") as so, GuestRun(exe, arch=arch, plugin_args=plugin_args,
-                                        stdout=so) as g:
+                                        stdout=so, ring=TRANSPORTS[transport]) as g:
         batch = read_all(g.stream, record=record, meta={"arch": arch})
         status = g.wait()
     return batch, status, out.read_text()
@@ -93,10 +99,13 @@ def per_page(batch, kind, base, npages, pid=None):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("mode", [(), ("utlb=8",), ("icount=inline",)],
-                         ids=["tb", "utlb8", "inline"])
-def test_exact_counts_and_syscalls(guests, arch, mode, tmp_path):
-    b, status, out = run(guests, "pattern", arch, tmp_path, plugin_args=mode)
+@pytest.mark.parametrize(("mode", "transport"),
+                         [((), "ring"), (("utlb=8",), "ring"), (("icount=inline",), "ring"),
+                          ((), "ring4k"), ((), "fifo")],
+                         ids=["tb", "utlb8", "inline", "tb-ring4k", "tb-fifo"])
+def test_exact_counts_and_syscalls(guests, arch, mode, transport, tmp_path):
+    b, status, out = run(guests, "pattern", arch, tmp_path, plugin_args=mode,
+                         transport=transport)
     assert status == 5
     region = int(re.search(r"region=(\d+)", out).group(1))
     np.testing.assert_array_equal(per_page(b, WRITE, region, 16), np.arange(1, 17))
@@ -124,8 +133,9 @@ def test_exact_counts_and_syscalls(guests, arch, mode, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_threads_one_vcpu_each(guests, arch, tmp_path):
-    b, status, out = run(guests, "threads", arch, tmp_path)
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_threads_one_vcpu_each(guests, arch, transport, tmp_path):
+    b, status, out = run(guests, "threads", arch, tmp_path, transport=transport)
     assert status == 0
     e = b.events
     starts, exits = e[e["kind"] == VCPU_START], e[e["kind"] == VCPU_EXIT]
@@ -157,9 +167,12 @@ def test_threads_one_vcpu_each(guests, arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("mode", [(), ("utlb=16",)], ids=["tb", "utlb16"])
-def test_fork_parent_and_child_by_pid(guests, arch, mode, tmp_path):
-    b, status, out = run(guests, "forker", arch, tmp_path, plugin_args=mode)
+@pytest.mark.parametrize(("mode", "transport"),
+                         [((), "ring"), (("utlb=16",), "ring"), ((), "ring4k"), ((), "fifo")],
+                         ids=["tb", "utlb16", "tb-ring4k", "tb-fifo"])
+def test_fork_parent_and_child_by_pid(guests, arch, mode, transport, tmp_path):
+    b, status, out = run(guests, "forker", arch, tmp_path, plugin_args=mode,
+                         transport=transport)
     assert status == 0
     region = int(re.search(r"region=(\d+)", out).group(1))
     parent = int(re.search(r"parent=(\d+)", out).group(1))
@@ -250,3 +263,25 @@ def test_exit_status_of_killed_guest(plugin):
         b = read_all(g.stream)
         assert g.wait() == 128 + 9
     assert (b.events["kind"] == PROC_START).sum() == 1
+
+
+def test_a_reader_that_stops_does_not_hang_the_guest(guests, tmp_path):
+    """emu stops reading a full ring: the plugin drops its output, the guest runs on."""
+    exe = guests.get(("pattern", "x86_64"))
+    if exe is None:
+        pytest.skip("no x86-64 toolchain")
+    with GuestRun(exe, arch="x86_64", ring=4096, stdout=subprocess.DEVNULL) as g:
+        g.stream.read(64)          # the plugin has attached and filled the ring
+        g.stream.close()           # emu is done with it: writers stop waiting
+        assert g.proc.wait(timeout=60) == 5
+
+
+def test_ring_argument_that_is_not_a_ring_is_refused(guests, plugin, tmp_path):
+    exe = guests.get(("pattern", "x86_64"))
+    if exe is None:
+        pytest.skip("no x86-64 toolchain")
+    with GuestRun(exe, arch="x86_64", ring=0, plugin_args=["ringfd=0"],
+                  stderr=subprocess.PIPE) as g:
+        assert len(read_all(g.stream).events) == 0
+        assert g.wait() != 0
+        assert b"not an emu ring" in g.proc.stderr.read()
