@@ -303,9 +303,10 @@ def run(args: argparse.Namespace) -> int:
         status = guest.wait()
         lost = getattr(guest.stream, "unfinished", 0)
         if lost:
-            print(f"emu: warning: the stream ends in {lost} bytes a guest process reserved "
-                  "but never finished (killed while writing); the events after them are "
-                  "missing", file=sys.stderr)
+            print(f"emu: warning: the stream ends in {lost} bytes that guest processes "
+                  "reserved but never published (killed while writing, or they closed "
+                  "the stream's descriptor); the events in them are missing",
+                  file=sys.stderr)
     from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
     _write_outputs(args, result)

@@ -96,11 +96,14 @@ class Ring:
         struct.pack_into("<Q", self._map, _TAIL, self.tail)
         return n
 
+    def stop(self) -> None:
+        """No more reading: writers waiting for room drop their chunks instead."""
+        struct.pack_into("<I", self._map, _CLOSED, 1)
+
     def close(self) -> None:
-        """Stop reading for good: writers waiting for room drop their chunks."""
         if self.fd < 0:
             return
-        struct.pack_into("<I", self._map, _CLOSED, 1)
+        self.stop()
         self._data.release()
         self._base = 0
         self._map.close()
@@ -115,7 +118,6 @@ class RingStream(Backlogged):
     starts; it only tells when the last guest process is gone.
     """
 
-    drain_while_backlogged = False   # the ring holds ~0.5 s of QEMU's output
 
     def __init__(self, fifo: str, ring: Ring, proc: subprocess.Popen | None = None):
         super().__init__()
@@ -126,11 +128,17 @@ class RingStream(Backlogged):
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN | select.POLLHUP)
         self._writers_gone = False
+        # The default ring holds ~0.5 s of QEMU's output: enough to serve the
+        # backlog from, so the prefetch thread stops at the first read.
+        self.drain_while_backlogged = ring.cap < RING_BYTES // 2
         self.unfinished = 0   # bytes reserved but never published (a writer was killed)
 
     def _wait(self) -> bool:
         """Sleep briefly for more chunks; False once none can come."""
         if self._writers_gone:
+            # The FIFO's end is the stream's end.  A guest that closed every
+            # descriptor may still run: it must not wait for room forever.
+            self.ring.stop()
             self.unfinished = self.ring.head - self.ring.tail
             return False
         if self._poll.poll(_WAIT_MS):

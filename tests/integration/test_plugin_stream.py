@@ -285,3 +285,14 @@ def test_ring_argument_that_is_not_a_ring_is_refused(guests, plugin, tmp_path):
         assert len(read_all(g.stream).events) == 0
         assert g.wait() != 0
         assert b"not an emu ring" in g.proc.stderr.read()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_guest_that_closes_the_stream_descriptor_still_finishes(guests, arch, tmp_path):
+    """The FIFO's end is the stream's end; the plugin must not wait on the ring."""
+    exe = guests.get(("closefds", arch))
+    if exe is None:
+        pytest.skip(f"no compiler or QEMU for {arch}")
+    with GuestRun(exe, arch=arch, ring=4096) as g:
+        read_all(g.stream)
+        assert g.proc.wait(timeout=120) == 7
