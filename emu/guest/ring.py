@@ -1,9 +1,9 @@
 """The shared-memory ring the plugin writes chunks into (plugin argument ringfd=N).
 
 Why: through a FIFO every byte costs a write() in QEMU's thread and a read()
-in emu's, and on a two-core machine those system calls and wake-ups were a
-third of `emu run`'s cost over plain QEMU (docs/pipeline-speed.md).  Here the
-plugin copies each chunk into shared memory and emu copies it out.
+in emu's; on arm64 `random` those system calls and wake-ups cost QEMU 0.5-0.6×
+of plain QEMU's time (docs/pipeline-speed.md).  Here the plugin copies each
+chunk into shared memory and emu copies it out.
 
 Layout (plugin/emu.c has the writer's half): one control page, then CAP data
 bytes, CAP a power of two.  head (offset 64) and tail (offset 128) are
@@ -33,7 +33,7 @@ RING_MAGIC = 0x31474E4952554D45   # "EMURING1"
 RING_CTL = 4096                   # control page; the data follow
 RING_BYTES = 64 << 20             # default data size
 CHUNK_MAGIC = 0x43554D45          # docs/trace-format.md
-_CAP, _CONSUMER, _CLOSED, _ATTACHED, _HEAD, _TAIL = 8, 16, 20, 24, 64, 128
+_CLOSED, _ATTACHED, _HEAD, _TAIL = 20, 24, 64, 128   # magic, cap, consumer at 0, 8, 16
 _WAIT_MS = 2                      # poll interval while the ring is empty
 
 
