@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from emu.errors import EmuError
@@ -79,5 +80,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `emu` command: main(), then exit without the interpreter's teardown.
+
+    Freeing the model's arrays and numba's state object by object took about
+    0.35 s after every run (measured); the kernel frees the process at once.
+    Everything emu writes is closed by then; only the standard streams are
+    still buffered.
+    """
+    status = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = status or 1
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
