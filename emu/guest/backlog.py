@@ -4,7 +4,8 @@ QEMU starts as soon as the options are checked, while emu imports numba and
 builds the model (about a second).  Without a reader the transport (pipe or
 ring) would fill and stall the guest for all that time, so prefetch() starts
 a thread that moves blocks into a backlog; readinto() serves the backlog
-first, in order, and keeps the thread draining until it has caught up.
+first, in order.  For a pipe the thread keeps draining until the reader has
+caught up; a ring large enough to wait in stops it at the first read.
 """
 
 import threading

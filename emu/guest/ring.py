@@ -151,13 +151,13 @@ class RingStream(Backlogged):
         return True
 
     def _next_block(self) -> bytes | bytearray | None:
-        buf = bytearray(1 << 20)
+        n = self.ring.scan(1 << 20)
+        if not n:   # no buffer to allocate and zero-fill for an empty ring
+            return b"" if self._wait() else None
+        buf = bytearray(n)
         with memoryview(buf) as mv:
-            n = self.ring.take_into(mv)
-        if n:
-            del buf[n:]
-            return buf
-        return b"" if self._wait() else None
+            self.ring.take_into(mv)
+        return buf
 
     def _read_direct(self, mv) -> int:
         while True:
