@@ -554,29 +554,25 @@ def _lru(stamp, e0, ways):
     valid entries in one array are distinct (each event stamps at most one entry
     per array).  So the smallest stamp is exactly the way the rule picks, found by
     one pass over the stamps alone, with no branch on the data (unrolled for 4 and
-    8 ways, as in ``_find``).
+    8 ways, as in ``_find``: the literal way count reaches the inlined loop).
     """
+    if ways == 4:
+        return _oldest(stamp, e0, 4)
+    if ways == 8:
+        return _oldest(stamp, e0, 8)
+    return _oldest(stamp, e0, ways)
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _oldest(stamp, e0, n):
+    """Index of the smallest of ``stamp[e0:e0+n]`` (the first, on a tie)."""
     best = stamp[U(e0)]
     v = e0
-    if ways == 4:
-        for w in range(1, 4):
-            x = stamp[U(e0 + w)]
-            if x < best:
-                best = x
-                v = e0 + w
-        return v
-    if ways == 8:
-        for w in range(1, 8):
-            x = stamp[U(e0 + w)]
-            if x < best:
-                best = x
-                v = e0 + w
-        return v
-    for e in range(e0 + 1, e0 + ways):
-        x = stamp[U(e)]
+    for w in range(1, n):
+        x = stamp[U(e0 + w)]
         if x < best:
             best = x
-            v = e
+            v = e0 + w
     return v
 
 
