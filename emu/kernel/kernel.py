@@ -57,6 +57,9 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self._pending_pie: dict[int, object] = {}   # pid -> static-PIE ELF awaiting its base
         # /sys/kernel/debug/fault_around_bytes (default 64 KiB); page size disables it
         self.fault_around_bytes = 65536
+        # Fault injection (in the spirit of /sys/kernel/debug/fail_page_alloc): folio
+        # allocations of these orders fail, so fallback and back-off paths can be driven.
+        self.fail_page_alloc: set[int] = set()
         self.mms: dict[int, MM] = {}
         self._next_asid = 1
         self.current_cpu: int | None = None     # the vCPU whose fault/syscall runs now

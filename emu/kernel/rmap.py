@@ -23,7 +23,7 @@ class FolioMixin:
 
     def folio_alloc(self, order: int, anon: bool = True) -> Folio | None:
         """A zero-filled folio from the buddy, or None (the caller counts fallback)."""
-        pfn = self.buddy.alloc(order)
+        pfn = None if order in self.fail_page_alloc else self.buddy.alloc(order)
         if pfn is None:
             return None
         nr = 1 << order

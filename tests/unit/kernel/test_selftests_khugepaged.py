@@ -4,38 +4,48 @@ expected outcome (kernel-mthp.md §7.2), plus the mTHP variants of the modelling
 import errno
 
 import pytest
+import selftest_cases as st
+from scenario import ALGOS, ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE
 
-from emu.kernel import khugepaged_selftest as st
-from emu.kernel.collapse_ops import HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE
-from emu.kernel.collapse_sim import MADV_PAGEOUT
 from emu.kernel.scan_result import ScanResult
 
 CTX = pytest.mark.parametrize("ctx", st.CONTEXTS)
+ARCH = pytest.mark.parametrize("arch", ARCHS)
 
 
-def test_alloc_at_fault():
-    before, after = st.case_alloc_at_fault(st.selftest_kernel())
+@pytest.fixture(params=[(a, g) for a in ARCHS for g in ALGOS], ids=lambda p: f"{p[0]}-{p[1]}")
+def kernel(request):
+    """selftest_kernel() on each architecture under each collapse algorithm."""
+    arch, algo = request.param
+
+    def make(mthp=None, mib=256, **knobs):
+        return st.selftest_kernel(algo=algo, mthp=mthp, arch=arch, mib=mib, **knobs)
+    return make
+
+
+def test_alloc_at_fault(kernel):
+    before, after = st.case_alloc_at_fault(kernel())
     assert (before, after) == (1, 0)
 
 
 @CTX
-def test_collapse_full(ctx):
-    out = st.case_collapse_full(st.selftest_kernel(), ctx)
+def test_collapse_full(kernel, ctx):
+    out = st.case_collapse_full(kernel(), ctx)
     assert st.passed(ctx, out, 4, True), out
     assert out.huge == 4 and out.ret in (None, 0)
 
 
 @CTX
-def test_collapse_empty(ctx):
-    out = st.case_collapse_empty(st.selftest_kernel(), ctx)
+def test_collapse_empty(kernel, ctx):
+    out = st.case_collapse_empty(kernel(), ctx)
     assert st.passed(ctx, out, 1, False), out
     if ctx == "madvise":
         assert out.ret == -errno.EINVAL
 
 
 @CTX
-def test_collapse_single_pte_entry(ctx):
-    sim = st.selftest_kernel()
+def test_collapse_single_pte_entry(kernel, ctx):
+    sim = kernel()
     out = st.case_collapse_single_pte_entry(sim, ctx)
     assert st.passed(ctx, out, 1, True), out
     # 511 of the 512 pages of the new THP were zero-filled.
@@ -44,8 +54,8 @@ def test_collapse_single_pte_entry(ctx):
 
 
 @CTX
-def test_collapse_max_ptes_none(ctx):
-    sim = st.selftest_kernel()
+def test_collapse_max_ptes_none(kernel, ctx):
+    sim = kernel()
     outs = st.case_collapse_max_ptes_none(sim, ctx)
     if ctx == "khugepaged":
         assert len(outs) == 2
@@ -57,16 +67,16 @@ def test_collapse_max_ptes_none(ctx):
 
 
 @CTX
-def test_collapse_swapin_single_pte(ctx):
-    sim = st.selftest_kernel()
+def test_collapse_swapin_single_pte(kernel, ctx):
+    sim = kernel()
     out = st.case_collapse_swapin_single_pte(sim, ctx)
     assert st.passed(ctx, out, 1, True), out
-    assert sim.vmstat["pswpin"] == 1 and sim.swap.nr_used == 0
+    assert sim.vmstat["pswpin"] == 1 and sim.kernel.swap.nr_used == 0
 
 
 @CTX
-def test_collapse_max_ptes_swap(ctx):
-    sim = st.selftest_kernel()
+def test_collapse_max_ptes_swap(kernel, ctx):
+    sim = kernel()
     outs = st.case_collapse_max_ptes_swap(sim, ctx)
     if ctx == "khugepaged":
         assert st.passed(ctx, outs[0], 1, False) and outs[0].huge == 0, outs[0]
@@ -78,43 +88,43 @@ def test_collapse_max_ptes_swap(ctx):
 
 
 @CTX
-def test_collapse_single_pte_entry_compound(ctx):
-    out = st.case_collapse_single_pte_entry_compound(st.selftest_kernel(), ctx)
+def test_collapse_single_pte_entry_compound(kernel, ctx):
+    out = st.case_collapse_single_pte_entry_compound(kernel(), ctx)
     assert st.passed(ctx, out, 1, True), out
 
 
 @CTX
-def test_collapse_full_of_compound(ctx):
-    out = st.case_collapse_full_of_compound(st.selftest_kernel(), ctx)
+def test_collapse_full_of_compound(kernel, ctx):
+    out = st.case_collapse_full_of_compound(kernel(), ctx)
     assert st.passed(ctx, out, 1, True), out
 
 
 @CTX
-def test_collapse_compound_extreme(ctx):
-    sim = st.selftest_kernel()
+def test_collapse_compound_extreme(kernel, ctx):
+    sim = kernel(mib=st.COMPOUND_MIB)
     out = st.case_collapse_compound_extreme(sim, ctx)
     assert st.passed(ctx, out, 1, True), out
     # Every source THP lost its only mapped page and was freed.
-    assert len([f for f in sim.folios.values() if f.order == 9]) == 1
+    assert len([f for f in sim.kernel.folios.values() if f.order == 9]) == 1
 
 
 @CTX
-def test_collapse_fork(ctx):
-    out, parent_huge = st.case_collapse_fork(st.selftest_kernel(), ctx)
+def test_collapse_fork(kernel, ctx):
+    out, parent_huge = st.case_collapse_fork(kernel(), ctx)
     assert st.passed(ctx, out, 1, True), out
     assert parent_huge == 0
 
 
 @CTX
-def test_collapse_fork_compound(ctx):
-    out, parent_huge = st.case_collapse_fork_compound(st.selftest_kernel(), ctx)
+def test_collapse_fork_compound(kernel, ctx):
+    out, parent_huge = st.case_collapse_fork_compound(kernel(), ctx)
     assert st.passed(ctx, out, 1, True), out
     assert parent_huge == 1
 
 
 @CTX
-def test_collapse_max_ptes_shared(ctx):
-    sim = st.selftest_kernel()
+def test_collapse_max_ptes_shared(kernel, ctx):
+    sim = kernel()
     outs, parent_huge = st.case_collapse_max_ptes_shared(sim, ctx)
     if ctx == "khugepaged":
         assert st.passed(ctx, outs[0], 1, False) and outs[0].huge == 0, outs[0]
@@ -125,31 +135,24 @@ def test_collapse_max_ptes_shared(ctx):
     assert parent_huge == 1
 
 
-def test_madvise_collapse_existing_thps():
-    sim = st.selftest_kernel()
+def test_madvise_collapse_existing_thps(kernel):
+    sim = kernel()
     outs = st.case_madvise_collapse_existing_thps(sim)
     assert all(st.passed("madvise", o, 1, True) for o in outs), outs
-    assert sim.madvise_records[-1].pmds[0][1] is ScanResult.SCAN_PMD_MAPPED
+    assert sim.collapse.madvise_records[-1].pmds[0][1] is ScanResult.SCAN_PMD_MAPPED
 
 
 # ------------------------------------------------------------ mTHP variants (§7.2 notes, §7.3)
 
-def _fault_small_then_enable(sim, r, start, nr_pages, mthp):
-    """Fault with only order-0 possible, then switch the mTHP sizes on."""
-    saved = dict(sim.thp.hugepages)
-    r.fault(start, start + nr_pages * PAGE_SIZE)
-    sim.thp.hugepages.update(saved)
-    sim.thp.hugepages.update(mthp)
-
-
-def test_mthp_full_pmd_only_64k_becomes_32_x_64k():
-    sim = st.selftest_kernel()
+@ARCH
+def test_mthp_full_pmd_only_64k_becomes_32_x_64k(arch):
+    sim = st.selftest_kernel(arch=arch)
     sim.thp.enabled = "never"
-    sim.thp.hugepages[9] = "never"
+    sim.set_size(9, "never")
     r = st.Run(sim)
     p = r.alloc_mapping(1)
     r.fault(p, p + HPAGE_PMD_SIZE)
-    sim.thp.hugepages[4] = "always"
+    sim.set_size(4, "always")
     out = r.collapse("khugepaged", p, 1, False)
     assert out.huge == 0 and out.sizes == {4: 32}, out.sizes
     assert not out.lost
@@ -157,25 +160,27 @@ def test_mthp_full_pmd_only_64k_becomes_32_x_64k():
             if e.args["status"] == "succeeded"]
     assert len(made) == 32 and {e.args["order"] for e in made} == {4}
     # Later scans allocate, then isolate finds folio_order >= 4: PTE_MAPPED_HUGEPAGE.
-    assert sim.mthp_stats[4]["collapse_alloc"] >= 32
+    assert sim.mthp(4, "collapse_alloc") >= 32
     assert sim.vmstat["thp_collapse_alloc"] == 0          # PMD-order only
     assert sim.khugepaged.pages_collapsed >= 1
 
 
-def test_mthp_only_empty_pmd_stays_empty():
-    sim = st.selftest_kernel(mthp={4: "always", 9: "never"})
+@ARCH
+def test_mthp_only_empty_pmd_stays_empty(arch):
+    sim = st.selftest_kernel(arch=arch, mthp={4: "always", 9: "never"})
     sim.thp.enabled = "never"
     out = st.case_collapse_empty(sim, "khugepaged")
     assert out.huge == 0 and out.sizes == {}
 
 
-def test_mthp_max_ptes_none_256_gives_fifteen_64k():
-    sim = st.selftest_kernel()
+@ARCH
+def test_mthp_max_ptes_none_256_gives_fifteen_64k(arch):
+    sim = st.selftest_kernel(arch=arch)
     sim.knobs.set("max_ptes_none", 256)
     r = st.Run(sim)
     p = r.alloc_mapping(1)
     r.fault(p, p + 255 * PAGE_SIZE)
-    sim.thp.hugepages[4] = "always"
+    sim.set_size(4, "always")
     out = r.collapse("khugepaged", p, 1, False)
     assert out.huge == 0
     assert out.sizes == {4: 15, 0: 15}, out.sizes
@@ -184,35 +189,37 @@ def test_mthp_max_ptes_none_256_gives_fifteen_64k():
     assert len(warns) == 1 and "0 or 511" in warns[0].args["msg"]
 
 
+@ARCH
 @pytest.mark.parametrize("case", ["swap", "shared"])
-def test_mthp_phase_a_whole_pmd_limits_block_mthp_too(case):
-    sim = st.selftest_kernel(mthp={4: "always"})
-    sim.thp.hugepages[4] = "never"
+def test_mthp_phase_a_whole_pmd_limits_block_mthp_too(arch, case):
+    sim = st.selftest_kernel(arch=arch, mthp={4: "always"})
+    sim.set_size(4, "never")
     if case == "swap":
         r = st.Run(sim)
         p = r.alloc_mapping(1)
         r.fault(p, p + HPAGE_PMD_SIZE)
-        r.madvise(p, (sim.knobs.max_ptes_swap + 1) * PAGE_SIZE, MADV_PAGEOUT)
+        r.madvise(p, (sim.knobs.max_ptes_swap + 1) * PAGE_SIZE, "MADV_PAGEOUT")
     else:
         parent = st.Run(sim)
         p = parent.alloc_hpage()
-        r = st.Run(sim, sim.fork(parent.mm))
+        r = st.Run(sim, sim.fork(parent.p))
         r.fault(p, p + (HPAGE_PMD_NR - sim.knobs.max_ptes_shared - 1) * PAGE_SIZE)
-    sim.thp.hugepages[4] = "always"
+    sim.set_size(4, "always")
     out = r.collapse("khugepaged", p, 1, False)
     assert out.huge == 0 and 4 not in out.sizes, out.sizes
-    assert sim.mthp_stats[4]["collapse_alloc"] == 0
+    assert sim.mthp(4, "collapse_alloc") == 0
 
 
+@ARCH
 @pytest.mark.parametrize("case", [st.case_collapse_full_of_compound,
                                   st.case_collapse_compound_extreme])
-def test_mthp_pmd_disabled_existing_thp_is_not_split_into_mthp(case):
-    sim = st.selftest_kernel(mthp={4: "always"})
-    sim.thp.hugepages[4] = "never"
+def test_mthp_pmd_disabled_existing_thp_is_not_split_into_mthp(arch, case):
+    sim = st.selftest_kernel(arch=arch, mthp={4: "always"}, mib=st.COMPOUND_MIB)
+    sim.set_size(4, "never")
 
     def enable_64k_disable_pmd(*a, **kw):
-        sim.thp.hugepages[4] = "always"
-        sim.thp.hugepages[9] = "never"
+        sim.set_size(4, "always")
+        sim.set_size(9, "never")
         return orig(*a, **kw)
 
     orig = st.Run._khugepaged
@@ -225,18 +232,3 @@ def test_mthp_pmd_disabled_existing_thp_is_not_split_into_mthp(case):
     mapped_huge = [e for e in sim.tracer.named("mm_collapse_huge_page")
                    if e.args["status"] == "pte_mapped_hugepage"]
     assert mapped_huge and all(e.args["order"] == 4 for e in mapped_huge)
-
-
-# ------------------------------------------------------------ v5 keeps the PMD-only behaviour
-
-@pytest.mark.parametrize("ctx", st.CONTEXTS)
-def test_v5_pmd_only_selftests_unchanged(ctx):
-    """With only the PMD size enabled, v5 is the legacy PMD collapse: same outcomes."""
-    full = st.case_collapse_full(st.selftest_kernel("v5"), ctx)
-    assert st.passed(ctx, full, 4, True), full
-    outs = st.case_collapse_max_ptes_none(st.selftest_kernel("v5"), ctx)
-    assert st.passed(ctx, outs[0], 1, ctx != "khugepaged"), outs[0]
-    outs = st.case_collapse_max_ptes_swap(st.selftest_kernel("v5"), ctx)
-    assert st.passed(ctx, outs[0], 1, ctx != "khugepaged"), outs[0]
-    outs, parent_huge = st.case_collapse_max_ptes_shared(st.selftest_kernel("v5"), ctx)
-    assert st.passed(ctx, outs[0], 1, ctx != "khugepaged") and parent_huge == 1, outs[0]
