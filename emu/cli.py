@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from emu.errors import EmuError
 
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("profiles", help="list the TLB profiles")
     return p
+
+
+def model_args(**overrides: Any) -> argparse.Namespace:
+    """The model options with the CLI's defaults, for use from Python and tests."""
+    args = build_parser().parse_args(["replay", "-"])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise TypeError(f"unknown model option {key!r}")
+        setattr(args, key, value)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

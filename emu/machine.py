@@ -18,15 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from emu.arch import syscalls
+from emu.arch import PMD_SIZE, syscalls
 from emu.counting import PageCounts
 from emu.kernel.thpmaps import vma_census
+from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
 from emu.trace.columns import Columns
 from emu.trace.format import F_ABSORBED
-
-# A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
-PMD_SIZE = 2 << 20
 
 # A fault the kernel says it fixed may fault again (COW after a read fault, a
 # split): this many tries on one access, then it counts as unresolved.
@@ -91,14 +89,14 @@ class Machine:
     """Consumes Batches (emu.trace.events) and accumulates every result."""
 
     def __init__(self, arch: str, elf_info: Any, kernel: Any = None,
-                 hw: Any = None, khugepaged: Any = None,
-                 options: RunOptions | None = None) -> None:
+                 hw: Any = None, options: RunOptions | None = None) -> None:
         self.arch = arch
         self.elf = elf_info
         self.systab = syscalls.SyscallTable.for_arch(arch)
         self.kernel = kernel
         self.hw = hw
-        self.khugepaged = khugepaged
+        # khugepaged and MADV_COLLAPSE, when the kernel models them
+        self.khugepaged = getattr(kernel, "khugepaged", None)
         self.options = options or RunOptions()
         self.processes: dict[int, Process] = {}
         self.threads: dict[tuple[int, int], Thread] = {}
@@ -116,9 +114,11 @@ class Machine:
         self.mark_actions: dict[int, list[Callable[[], None]]] = {}
         self.collapse_stalls = 0
         self.collapse_stall_ns = 0.0
-        tracer = getattr(khugepaged, "tracer", None)
-        if tracer is not None:
-            tracer.listeners.append(self._on_trace)
+        self.collapse_log: CollapseLog | None = None
+        if self.khugepaged is not None:
+            # A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
+            kernel.bus.subscribe("mm_collapse_huge_page", self._on_collapse)
+            self.collapse_log = CollapseLog(kernel.bus)
         self.now_ns = 0.0
 
     # -- processes and threads -------------------------------------------------
@@ -225,9 +225,9 @@ class Machine:
                 i += 1
                 retries = 0
 
-    def _on_trace(self, e: Any) -> None:
+    def _on_collapse(self, e: Any) -> None:
         """Open a window for every collapse that cleared a PMD."""
-        att = e.args.get("attempt") if e.name == "mm_collapse_huge_page" else None
+        att = e.args.get("attempt")
         if att is None or att.pmd_cleared_ns is None:
             return
         t0, t1 = att.pmd_cleared_ns
@@ -258,7 +258,7 @@ class Machine:
         if now > self.now_ns:
             self.now_ns = now
             if self.khugepaged is not None and self.options.khugepaged:
-                self.khugepaged.tick(now)
+                self.khugepaged.run(now)
 
     def _special(self, rec: np.void, syscalls: np.ndarray) -> None:
         kind = int(rec["kind"])
@@ -300,14 +300,9 @@ class Machine:
                                  "args": list(args), "ret": ret,
                                  "text": syscalls.decode(self.arch, nr, args, ret).text})
         if self.kernel is not None:
-            records = getattr(self.khugepaged, "madvise_records", None)
-            before = len(records) if records is not None else 0
-            self.kernel.syscall(pid, vcpu, name, args, ret)
             # MADV_COLLAPSE runs in the calling thread: its estimated duration is
             # that thread's time, as the guest would have waited for it.
-            if records is not None and len(records) > before:
-                self.threads[(pid, vcpu)].stall_ns += sum(
-                    r.t_end_ns - r.t_start_ns for r in records[before:])
+            self.threads[(pid, vcpu)].stall_ns += self.kernel.syscall(pid, vcpu, name, args, ret)
 
     def _exit_process(self, proc: Process) -> None:
         if proc.exited:

@@ -65,17 +65,6 @@ def _elf_from_meta(d: dict[str, Any]) -> ElfInfo:
     return ElfInfo(**kw)
 
 
-def model_args(**overrides: Any) -> argparse.Namespace:
-    """The model options with the CLI's defaults, for use from Python and tests."""
-    from emu.cli import build_parser
-    args = build_parser().parse_args(["replay", "-"])
-    for key, value in overrides.items():
-        if not hasattr(args, key):
-            raise TypeError(f"unknown model option {key!r}")
-        setattr(args, key, value)
-    return args
-
-
 @dataclasses.dataclass
 class ModelPlan:
     """Every model option, parsed and checked, before anything heavy is built.
@@ -123,20 +112,20 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
     options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
                          khugepaged=args.khugepaged != "off" and not args.no_hw)
     frac, order = plan.fragment
-    kernel = Kernel(arch, plan.config, None, PhysMem(plan.frames), fragment=frac,
-                    fragment_max_order=order)
-    hw = khugepaged = None
+    physmem = PhysMem(plan.frames)
+    hw = knobs = None
     if plan.profile is not None:
         from emu.arch import get_arch
         from emu.hw.hardware import Hardware
-        from emu.kernel.khugepaged import attach_khugepaged
+        from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 
-        hw = Hardware(get_arch(arch), plan.profile, kernel.physmem, NR_CPUS)
-        kernel.hw = hw
+        hw = Hardware(get_arch(arch), plan.profile, physmem, NR_CPUS)
         # MADV_COLLAPSE works whether or not the khugepaged thread runs.
-        preset = "default" if args.khugepaged == "off" else args.khugepaged
-        khugepaged = attach_khugepaged(kernel, preset=preset, algo=args.collapse_algo)
-    machine = Machine(arch, elf, kernel=kernel, hw=hw, khugepaged=khugepaged, options=options)
+        knobs = KhugepagedKnobs.preset("default" if args.khugepaged == "off"
+                                       else args.khugepaged)
+    kernel = Kernel(arch, plan.config, hw, physmem, fragment=frac, fragment_max_order=order,
+                    khugepaged=knobs, algo=args.collapse_algo)
+    machine = Machine(arch, elf, kernel=kernel, hw=hw, options=options)
     machine.mark_actions = _mark_actions(plan.marks, machine)
     return machine
 
@@ -146,10 +135,10 @@ def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
     if not specs:
         return []   # and no numpy import before QEMU starts
     from emu.kernel.config import parse_mthp, parse_thp
-    from emu.kernel.khugepaged_knobs import KhugepagedKnobs
+    from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 
     marks: list[tuple[int, str, Any]] = []
-    knobs = set(vars(KhugepagedKnobs()))
+    knobs = set(KhugepagedKnobs.names())
     for spec in specs:
         mark, _, setting = spec.partition(":")
         name, _, value = setting.partition("=")
@@ -168,7 +157,7 @@ def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
                 parsed = int(value, 0)
             except ValueError:
                 raise EmuError(f"--at-mark {spec}: {name} takes a number") from None
-            KhugepagedKnobs().set(name, parsed)      # the sysfs range check, now
+            KhugepagedKnobs.preset().set(name, parsed)      # the sysfs range check, now
         else:
             raise EmuError(f"--at-mark {spec}: unknown setting {name!r} (thp, mthp or a "
                            "khugepaged knob)")
@@ -192,7 +181,7 @@ def _mark_actions(marks: list[tuple[int, str, Any]], machine: Machine) -> dict[i
 
 
 def _set_knob(machine: Machine, name: str, value: int) -> None:
-    machine.khugepaged.khugepaged.set_knob(name, value, int(machine.now_ns))
+    machine.khugepaged.set_knob(name, value, int(machine.now_ns))
 
 
 def _memory_frames(text: str) -> int:

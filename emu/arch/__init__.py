@@ -6,6 +6,11 @@ kernel model writes page tables with and the hardware model walks.
 
 from emu.arch.base import (
     NR_SIZES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_NR,
+    PMD_ORDER,
+    PMD_SIZE,
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
@@ -37,6 +42,7 @@ def get_arch(name: str, granule: int = 4096) -> Arch:
     return X86_64(granule) if canon == "x86_64" else Arm64(granule)
 
 
-__all__ = ["ARCH_NAMES", "Arch", "NR_SIZES", "PROT_EXEC", "PROT_READ", "PROT_WRITE",
+__all__ = ["ARCH_NAMES", "Arch", "NR_SIZES", "PAGE_SHIFT", "PAGE_SIZE", "PMD_NR", "PMD_ORDER",
+           "PMD_SIZE", "PROT_EXEC", "PROT_READ", "PROT_WRITE",
            "SIZE_16K", "SIZE_1G", "SIZE_2M", "SIZE_32M", "SIZE_4K", "SIZE_64K",
            "SIZE_NAMES", "SIZE_SHIFT", "get_arch"]

@@ -38,6 +38,14 @@ SWP_OFFSET_SHIFT = 12
 SWP_OFFSET_MASK = (1 << 46) - 1
 
 
+# The granule emu implements on both architectures (4 KiB): the paging geometry
+# every room uses, defined here once.  An Arch of another granule is refused.
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PMD_ORDER = PAGE_SHIFT - 3          # one table level of 8-byte descriptors
+PMD_NR = 1 << PMD_ORDER
+PMD_SIZE = PAGE_SIZE << PMD_ORDER
+
 class Arch(ABC):
     """Descriptor formats and paging geometry of one architecture and granule."""
 

@@ -94,6 +94,20 @@ def _names() -> dict[str, Any]:
 
 
 @cache
+def uapi() -> dict[str, int]:
+    """Every constant of the generic ABI by name (its values and flags tables), for the
+    kernel model to read syscall arguments with the same numbers the decoder uses."""
+    doc = _names()
+    out: dict[str, int] = {}
+    for section in ("values", "flags"):
+        for table in doc[section].values():
+            for name, value in table.items():
+                if out.setdefault(name, value) != value:
+                    raise ValueError(f"mm-names.toml: {name} has two values")
+    return out
+
+
+@cache
 def _flag_table(kind: str, arch: str) -> tuple[tuple[str, int], ...]:
     """Bit flags of `kind` for `arch`, widest first so multi-bit names win."""
     doc = _names()

@@ -14,11 +14,16 @@ import numpy as np
 from emu.arch import SIZE_NAMES
 from emu.hw import kernels as K
 
+# Flush primitives, counted by kind for the issuing vCPU and for every target.
+FLUSH_KINDS = (
+    "invlpg", "invpcid_single", "invpcid_asid", "invpcid_all", "cr3_flush", "ipi",
+    "tlbi_vae1is", "tlbi_vale1is", "tlbi_rvae1is", "tlbi_rvale1is", "tlbi_aside1is",
+    "tlbi_vmalle1is", "flush_all",
+)
+
 
 def name_counters(hw, c: np.ndarray, issued: np.ndarray, received: np.ndarray,
                   entries_flushed: int) -> dict[str, int]:
-    from emu.hw.hardware import FLUSH_KINDS
-
     c = [int(x) for x in c]
     wl = c[K.C_WALK_LOAD:K.C_WALK_LOAD + 6]
     ws = c[K.C_WALK_STORE:K.C_WALK_STORE + 6]

@@ -15,6 +15,7 @@ import numpy as np
 from emu.arch import SIZE_NAMES, Arch
 from emu.arch.profile import Profile
 from emu.hw import kernels as K
+from emu.hw.counters import FLUSH_KINDS, name_counters
 from emu.mem import PhysMem
 
 FAULT_REASONS = {
@@ -28,12 +29,6 @@ FAULT_REASONS = {
 }
 KIND_NAMES = ("read", "write", "fetch")
 
-# Flush primitives, counted by kind for the issuing vCPU and for every target.
-FLUSH_KINDS = (
-    "invlpg", "invpcid_single", "invpcid_asid", "invpcid_all", "cr3_flush", "ipi",
-    "tlbi_vae1is", "tlbi_vale1is", "tlbi_rvae1is", "tlbi_rvale1is", "tlbi_aside1is",
-    "tlbi_vmalle1is", "flush_all",
-)
 _FK = {k: i for i, k in enumerate(FLUSH_KINDS)}
 MAX_ASID = 0xFFFF
 
@@ -374,12 +369,10 @@ class Hardware:
 
     def counters(self, cpu: int) -> dict[str, int]:
         """This vCPU's counters, under the names perf and the PMU manuals use."""
-        from emu.hw.counters import name_counters
         return name_counters(self, self.cnt[cpu], self.flush_issued[cpu],
                              self.flush_received[cpu], int(self.entries_flushed[cpu]))
 
     def totals(self) -> dict[str, int]:
-        from emu.hw.counters import name_counters
         return name_counters(self, self.cnt.sum(axis=0), self.flush_issued.sum(axis=0),
                              self.flush_received.sum(axis=0), int(self.entries_flushed.sum()))
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from emu.arch import PAGE_SHIFT, PMD_ORDER
 from emu.errors import EmuError
 
-PAGE_SHIFT = 12
-PMD_ORDER = 9
 # THP_ORDERS_ALL_ANON: orders 2..PMD_ORDER (order 1 is excluded by the kernel).
 ANON_MIN_ORDER = 2
 
@@ -69,7 +68,7 @@ class ThpConfig:
     hugepages: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._orders_cache: dict[tuple, frozenset[int]] = {}
+        self._orders_cache: dict[tuple, int] = {}
         self.validate()
 
     # --- construction -----------------------------------------------------
@@ -141,34 +140,31 @@ class ThpConfig:
         default = "inherit" if order == PMD_ORDER else "never"
         return self.hugepages.get(kb, default)
 
-    def sysfs_orders(self, vm_hugepage: bool) -> set[int]:
-        """Orders the sysfs masks allow for a VMA (the thp_vma_allowable_orders mask).
+    def set_order(self, order: int, mode: str) -> None:
+        """Write hugepages-<size>kB/enabled for one order."""
+        self.hugepages[order_to_kb(order)] = mode
+        self.validate()
+
+    def orders_with(self, mode: str) -> int:
+        """The mask of anonymous orders whose per-size control reads ``mode``."""
+        return sum(1 << o for o in anon_orders() if self.per_size(o) == mode)
+
+    def anon_orders(self, vm_hugepage: bool) -> int:
+        """The sysfs part of thp_vma_allowable_orders() (a mask of orders):
 
         huge_anon_orders_always | (VM_HUGEPAGE ? madvise : 0) |
         (global always, or VM_HUGEPAGE and global != never ? inherit : 0)
         """
         key = (self.enabled, tuple(self.hugepages.items()), vm_hugepage)
-        cached = self._orders_cache.get(key)
-        if cached is None:
-            cached = self._orders_cache[key] = frozenset(self._sysfs_orders(vm_hugepage))
-        return set(cached)
-
-    def _sysfs_orders(self, vm_hugepage: bool) -> set[int]:
-        inherit_ok = self.enabled == "always" or (vm_hugepage and self.enabled != "never")
-        values = dict.fromkeys((PMD_ORDER,), "inherit")     # the kernel defaults that matter
-        for kb, v in self.hugepages.items():
-            o = kb_to_order(kb)
-            if o is not None:
-                values[o] = v
-        out = set()
-        for o, v in values.items():
-            if v == "always" or (v == "madvise" and vm_hugepage) or (v == "inherit" and inherit_ok):
-                out.add(o)
-        return out
-
-    def any_enabled(self) -> bool:
-        """hugepage_enabled(): any anon size could be used by some VMA."""
-        return bool(self.sysfs_orders(True))
+        mask = self._orders_cache.get(key)
+        if mask is None:
+            mask = self.orders_with("always")
+            if vm_hugepage:
+                mask |= self.orders_with("madvise")
+            if self.enabled == "always" or (vm_hugepage and self.enabled != "never"):
+                mask |= self.orders_with("inherit")
+            self._orders_cache[key] = mask
+        return mask
 
     def as_sysfs(self) -> dict[str, str]:
         """The settings as sysfs path -> value (for reports)."""

@@ -13,32 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emu.kernel.config import PMD_ORDER, ThpConfig
-from emu.kernel.vma import PAGE_SHIFT, VM_HUGEPAGE, VM_NOHUGEPAGE
+from emu.arch import PAGE_SHIFT, PMD_ORDER
+from emu.kernel.config import ThpConfig
+from emu.kernel.huge_memory import (
+    BIT,
+    TVA_PAGEFAULT,
+    orders_highest_first,
+    thp_vma_allowable_orders,
+    thp_vma_suitable_orders,
+)
+from emu.kernel.vma import VMA
 
 
-def thp_disabled(vm_flags: int, mm_thp_disabled: bool) -> bool:
-    """vma_thp_disabled(): VM_NOHUGEPAGE or prctl(PR_SET_THP_DISABLE)."""
-    return bool(vm_flags & VM_NOHUGEPAGE) or mm_thp_disabled
-
-
-def suitable(vma_start: int, vma_end: int, addr: int, order: int,
-             page_shift: int = PAGE_SHIFT) -> bool:
-    """thp_vma_suitable_order(): the aligned block around addr lies inside the VMA."""
-    size = 1 << (order + page_shift)
-    base = addr & ~(size - 1)
-    return base >= vma_start and base + size <= vma_end
-
-
-def thp_fault_orders(config: ThpConfig, vma_start: int, vma_end: int, vm_flags: int,
-                     anon: bool, mm_thp_disabled: bool, addr: int,
+def thp_fault_orders(config: ThpConfig, vma: VMA, mm_thp_disabled: bool, addr: int,
                      max_order: int = PMD_ORDER) -> list[int]:
     """Orders <= max_order a fault at addr may try, highest first (order 0 excluded)."""
-    if not anon or thp_disabled(vm_flags, mm_thp_disabled):
-        return []
-    allowed = config.sysfs_orders(bool(vm_flags & VM_HUGEPAGE))
-    return [o for o in sorted(allowed, reverse=True)
-            if o <= max_order and suitable(vma_start, vma_end, addr, o)]
+    mask = thp_vma_allowable_orders(vma, TVA_PAGEFAULT, BIT(max_order + 1) - 1, config,
+                                    mm_thp_disabled)
+    return orders_highest_first(thp_vma_suitable_orders(vma, addr, mask))
 
 
 def choose_anon_order(orders: list[int], addr: int,

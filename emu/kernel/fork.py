@@ -40,8 +40,8 @@ class ForkMixin:
             nv.anon_vma = vma.anon_vma
             self._copy_range(parent, child, vma)
         self._flush_mm(parent)
-        if self.khugepaged is not None and hasattr(self.khugepaged, "fork"):
-            self.khugepaged.fork(child, parent)     # khugepaged_fork() in dup_mmap()
+        if self.khugepaged is not None:             # khugepaged_fork() in dup_mmap()
+            self.khugepaged.khugepaged_fork(child, parent, self.khugepaged.now_ns)
         return child
 
     def _copy_range(self, src: MM, dst: MM, vma: VMA) -> None:
@@ -80,8 +80,7 @@ class ForkMixin:
                 va = addr + (int(i) << self.page_shift)
                 if arch.is_swap(d):                       # swap_duplicate()
                     dst.add_counter("MM_SWAPENTS", 1)
-                    if self.swap is not None:
-                        self.swap.duplicate(arch.swp_offset(d))
+                    self.swap.duplicate(arch.swp_offset(d))
                 if arch.is_present(d):
                     pfn = arch.pfn(d)
                     if pfn != self.zero_pfn:

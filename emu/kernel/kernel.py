@@ -15,11 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from emu.arch import get_arch
+from emu.bus import EventBus
 from emu.kernel import syscalls as _syscalls
 from emu.kernel.buddy import BuddyAllocator
 from emu.kernel.config import ThpConfig
 from emu.kernel.folio import Folio
 from emu.kernel.fork import ForkMixin
+from emu.kernel.khugepaged.daemon import Khugepaged
+from emu.kernel.khugepaged.knobs import KhugepagedKnobs
+from emu.kernel.khugepaged.madvise_collapse import MadviseCollapseRecord, madvise_collapse
 from emu.kernel.memory import ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FaultMixin
 from emu.kernel.mm import MM
 from emu.kernel.mprotect import MprotectMixin
@@ -27,6 +31,7 @@ from emu.kernel.mremap import MremapMixin
 from emu.kernel.pgtable import PageTableOps
 from emu.kernel.rmap import FolioMixin
 from emu.kernel.stats import VmStat
+from emu.kernel.swap import SwapMixin, SwapSpace
 from emu.kernel.unmap import UnmapMixin
 from emu.kernel.vma import VM_EXEC, VM_READ, VM_WRITE, VMA, vm_prot
 from emu.mem.physmem import PhysMem
@@ -34,12 +39,21 @@ from emu.mem.physmem import PhysMem
 __all__ = ["ACCESS_EXEC", "ACCESS_READ", "ACCESS_WRITE", "Kernel", "vm_prot"]
 
 
-class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, MremapMixin):
-    """Linux's memory manager for the anonymous-THP questions emu asks."""
+class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, MremapMixin,
+             SwapMixin):
+    """Linux's memory manager for the anonymous-THP questions emu asks.
+
+    Built with the hardware whose TLBs its flushes reach (None: no TLB model, as in
+    unit tests) and, with ``khugepaged`` knobs, with the khugepaged thread and
+    MADV_COLLAPSE; without them MADV_COLLAPSE is ignored, as QEMU ignores it.
+    Everything that happens is published on ``bus``.
+    """
 
     def __init__(self, arch_name: str, config: ThpConfig | None, hw, physmem: PhysMem,
-                 fragment: float = 0.0, fragment_max_order: int = 0, seed: int = 0) -> None:
+                 fragment: float = 0.0, fragment_max_order: int = 0, seed: int = 0,
+                 khugepaged: KhugepagedKnobs | None = None, algo: str = "v19") -> None:
         self.arch = get_arch(arch_name)
+        self.bus = EventBus()
         self.config = config if config is not None else ThpConfig.kernel_defaults()
         self.hw = hw
         self.physmem = physmem
@@ -63,9 +77,7 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.mms: dict[int, MM] = {}
         self._next_asid = 1
         self.current_cpu: int | None = None     # the vCPU whose fault/syscall runs now
-        # MADV_COLLAPSE handler (mm, start, end) -> result; set by whoever binds
-        # emu.kernel.madvise_collapse to this kernel.  None: MADV_COLLAPSE is ignored.
-        self.madvise_collapse_handler = None
+        self.swap = SwapSpace()
         # set to a list to record every COW write fault as (pid, va, 'copy'|'reuse')
         self.cow_log: list[tuple[int, int, str]] | None = None
         zp = self.buddy.alloc(0)
@@ -75,6 +87,7 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.huge_zero_pfn: int | None = None
         if fragment:
             self.buddy.fragment(fragment, fragment_max_order, seed)
+        self.khugepaged = Khugepaged(self, khugepaged, algo) if khugepaged is not None else None
 
     # ===== public views ===========================================================
 
@@ -121,6 +134,9 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         st = tlbflush.flush_tlb_range(self.hw, mm.asid, set(mm.cpumask), start, end,
                                       stride_shift, last_level, this_cpu=self.current_cpu)
         self._count_flush(st)
+        self.bus.publish("tlb_flush", 0, pid=mm.pid, start=start, end=end,
+                         stride_shift=stride_shift, last_level=last_level,
+                         cpu=self.current_cpu)
 
     def _flush_mm(self, mm: MM) -> None:
         if self.hw is None:
@@ -128,6 +144,8 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         from emu.kernel import tlbflush
         self._count_flush(tlbflush.flush_tlb_mm(self.hw, mm.asid, set(mm.cpumask),
                                                 this_cpu=self.current_cpu))
+        self.bus.publish("tlb_flush", 0, pid=mm.pid, start=0, end=None, stride_shift=0,
+                         last_level=False, cpu=self.current_cpu)
 
     def _count_flush(self, st) -> None:
         if isinstance(st, dict):
@@ -196,8 +214,8 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         if mm is None:
             return
         mm.exited = True
-        if self.khugepaged is not None and hasattr(self.khugepaged, "exit"):
-            self.khugepaged.exit(mm)                # khugepaged_exit() in __mmput()
+        if self.khugepaged is not None:
+            self.khugepaged.khugepaged_exit(mm)     # khugepaged_exit() in __mmput()
         for vma in list(mm.vmas):
             self.zap_range(mm, vma.start, vma.end, flush=False)
             mm.vmas.remove(vma)
@@ -208,45 +226,31 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self._flush_mm(mm)
 
 
+    def syscall(self, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> int:
+        """Apply a memory syscall as the guest saw it complete (ret from QEMU).
 
+        Returns the simulated time the call spent in the model's synchronous work
+        (MADV_COLLAPSE), which the calling thread waits for; 0 for the others.
+        """
+        return _syscalls.apply(self, pid, cpu, name, args, ret)
 
+    # ===== khugepaged hooks (mm/khugepaged.c's entry points) ============================
 
-
-    def syscall(self, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> None:
-        """Apply a memory syscall as the guest saw it complete (ret from QEMU)."""
-        _syscalls.apply(self, pid, cpu, name, args, ret)
-
-    # ===== hooks for khugepaged / MADV_COLLAPSE (other files of this room) ===================
-
-    # set by the khugepaged binding: enter(mm) on MADV_HUGEPAGE, exit(mm) in exit_mm,
-    # fork(child, parent) in fork (the kernel's khugepaged_enter_vma/_exit/_fork hooks)
-    khugepaged = None
-
-    @property
-    def swap(self):
-        """The swap device of the khugepaged/swap binding (emu.kernel.swap.SwapSpace),
-        or None: without it no swap entry is ever created."""
-        ops = getattr(self.khugepaged, "ops", None)
-        return getattr(ops, "swap", None)
+    def khugepaged_enter(self, mm: MM) -> None:
+        """khugepaged_enter_vma() for mm's VMAs (mmap, MADV_HUGEPAGE)."""
+        if self.khugepaged is not None:
+            self.khugepaged.enter(mm)
 
     def _swap_entry_gone(self, mm: MM, d: int) -> None:
         """A swap PTE was zapped: swap_free() its slot, MM_SWAPENTS - 1."""
         if self.arch.is_swap(d):
             mm.add_counter("MM_SWAPENTS", -1)
-            if self.swap is not None:
-                self.swap.free(self.arch.swp_offset(d))
+            self.swap.free(self.arch.swp_offset(d))
 
-    def khugepaged_enter(self, mm: MM) -> None:
-        if self.khugepaged is not None and hasattr(self.khugepaged, "enter"):
-            self.khugepaged.enter(mm)
-
-    def madvise_pageout(self, mm: MM, start: int, end: int) -> int:
-        """MADV_PAGEOUT through the swap binding (emu.kernel.collapse_kernel.pageout)."""
-        fn = getattr(self.khugepaged, "pageout", None)
-        return fn(mm, start, end) if fn is not None else 0
-
-    def madvise_collapse(self, mm: MM, start: int, end: int):
-        """MADV_COLLAPSE through ``madvise_collapse_handler`` when one is bound."""
-        if self.madvise_collapse_handler is None:
+    def madvise_collapse(self, mm: MM, start: int, end: int) -> MadviseCollapseRecord | None:
+        """MADV_COLLAPSE in the caller's context; None where it is not modelled."""
+        if self.khugepaged is None:
             return None
-        return self.madvise_collapse_handler(mm, start, end)
+        rec = madvise_collapse(self, mm, start, end - start, self.khugepaged.now_ns)
+        self.bus.publish("emu_madvise_collapse", rec.t_end_ns, record=rec)
+        return rec

@@ -93,8 +93,7 @@ class FaultMixin:
         return p if writable else p & ~PROT_WRITE
 
     def _pmd_thp_allowed(self, mm: MM, vma: VMA, va: int) -> bool:
-        orders = thp_fault_orders(self.config, vma.start, vma.end, vma.flags, vma.is_anon,
-                                  mm.thp_disabled, va, self.pmd_order)
+        orders = thp_fault_orders(self.config, vma, mm.thp_disabled, va, self.pmd_order)
         return bool(orders) and orders[0] == self.pmd_order
 
     def _fault(self, mm: MM, vma: VMA, va: int, access: int) -> bool:
@@ -121,9 +120,8 @@ class FaultMixin:
         pte = int(store.table(table)[idx])
         if pte == 0:
             return self._do_pte_missing(mm, vma, va, write, table)
-        if not arch.is_present(pte):              # do_swap_page, through the binding
-            swapin = getattr(self.khugepaged, "do_swap_page", None)
-            if not arch.is_swap(pte) or swapin is None or not swapin(mm, vma, va):
+        if not arch.is_present(pte):
+            if not arch.is_swap(pte) or not self.do_swap_page(mm, vma, va):
                 return False
             pte = int(store.table(table)[idx])
         if arch.is_protnone(pte):                 # VMA allows it now: refresh
@@ -202,8 +200,7 @@ class FaultMixin:
 
     def _do_anonymous_page(self, mm: MM, vma: VMA, va: int, table: int) -> bool:
         """Anonymous write fault: alloc_anon_folio()'s order choice, then set_ptes."""
-        orders = thp_fault_orders(self.config, vma.start, vma.end, vma.flags, True,
-                                  mm.thp_disabled, va, self.pmd_order - 1)
+        orders = thp_fault_orders(self.config, vma, mm.thp_disabled, va, self.pmd_order - 1)
         if orders:
             tab = self.physmem.pgtables.table(table)
             mask, shift = self.pt.index_mask, self.page_shift

@@ -18,9 +18,8 @@ class MremapMixin:
                    keep_old: bool = False) -> None:
         """mremap() to a new address: move VMAs and page-table entries (folios keep
         their mappings), then trim or grow as asked."""
-        from emu.kernel.syscalls import do_munmap
         move_len = min(old_len, new_len)
-        do_munmap(self, mm, new, new + new_len)
+        self.do_munmap(mm, new, new + new_len)
         src = mm.vmas.carve(old, old + move_len)
         if not src:
             return
@@ -39,7 +38,7 @@ class MremapMixin:
             moved[-1].end = new + new_len
         mm.vmas.merge_around(new, new + new_len)
         if old_len > new_len and not keep_old:
-            do_munmap(self, mm, old + move_len, old + old_len)
+            self.do_munmap(mm, old + move_len, old + old_len)
 
     def _move_ptes(self, mm: MM, old: int, new: int, length: int) -> None:
         pt = self.pt

@@ -6,15 +6,16 @@ successful mmap first unmaps whatever the model had at the returned range
 (QEMU's address is free from the guest's point of view, so anything the model
 still has there is an implicit VMA or stale state).  madvise is applied with
 Linux's semantics even though QEMU answers 0 without passing most advice on
-(design.md).  ABI values come from data/uapi.toml.
+(design.md).  ABI values come from emu.arch's data (mm-names.toml), the same
+numbers the syscall decoder prints.  Each handler gets the Kernel as ``k``.
 """
 
 from __future__ import annotations
 
-import tomllib
-from importlib import resources
-from typing import TYPE_CHECKING
+from typing import Any
 
+from emu.arch.syscalls import uapi
+from emu.kernel.mm import MM
 from emu.kernel.vma import (
     PAGE_SIZE,
     VM_DONTCOPY,
@@ -30,20 +31,7 @@ from emu.kernel.vma import (
     page_align_up,
 )
 
-if TYPE_CHECKING:
-    from emu.kernel.kernel import Kernel
-    from emu.kernel.mm import MM
-
-
-def _load_uapi() -> dict[str, int]:
-    text = resources.files("emu.kernel").joinpath("data/uapi.toml").read_text()
-    out: dict[str, int] = {}
-    for table in tomllib.loads(text).values():
-        out.update(table)
-    return out
-
-
-UAPI = _load_uapi()
+UAPI = uapi()
 U = UAPI.__getitem__
 MAX_ERRNO = 4095
 
@@ -58,28 +46,30 @@ def prot_to_vm(prot: int) -> int:
             | (VM_EXEC if prot & U("PROT_EXEC") else 0))
 
 
-def apply(k: Kernel, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> None:
+def apply(k: Any, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> int:
+    """Run the handler; returns the simulated ns of synchronous model work (0 mostly)."""
     if failed(ret):
-        return
+        return 0
     handler = _HANDLERS.get(name)
     if handler is None:
-        return
+        return 0
     mm = k.enter(pid, cpu)
     a = tuple(int(x) for x in args) + (0,) * (6 - len(args))
     try:
-        handler(k, mm, a, ret)
+        return handler(k, mm, a, ret) or 0
     except MemoryError:            # the simulated machine ran out of frames
         k.stats.count_vm_event("emu_syscall_oom")
+        return 0
 
 
 # --- mmap / munmap / mremap / mprotect / brk ------------------------------------------
 
-def do_mmap(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def do_mmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     _, length, prot, flags, fd, off = a[:6]
     start, end = ret, ret + page_align_up(length)
     if end <= start:
         return
-    do_munmap(k, mm, start, end)
+    k.do_munmap(mm, start, end)
     vm = prot_to_vm(prot)
     if flags & U("MAP_GROWSDOWN"):
         vm |= VM_GROWSDOWN
@@ -105,7 +95,7 @@ def do_mmap(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
         populate(k, mm, start, end, write=bool(vm & VM_WRITE) and not shared)
 
 
-def populate(k: Kernel, mm: MM, start: int, end: int, write: bool) -> None:
+def populate(k: Any, mm: MM, start: int, end: int, write: bool) -> None:
     """__mm_populate()/MADV_POPULATE_*: fault every page of the range."""
     addr = start
     cpu = min(mm.cpumask) if mm.cpumask else 0
@@ -118,25 +108,12 @@ def populate(k: Kernel, mm: MM, start: int, end: int, write: bool) -> None:
         addr += PAGE_SIZE
 
 
-def do_munmap(k: Kernel, mm: MM, start: int, end: int) -> None:
-    """Zap and remove [start, end), then free page tables nothing covers."""
-    vmas = mm.vmas.carve(start, end)
-    if not vmas:
-        return
-    for vma in vmas:
-        k.zap_range(mm, vma.start, vma.end, flush=False)
-    for vma in vmas:
-        mm.vmas.remove(vma)
-    k.free_pgtables(mm, start, end)
-    k._flush(mm, start, end, k.page_shift, False)
-
-
-def sys_munmap(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def sys_munmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     start = a[0] & ~(PAGE_SIZE - 1)
-    do_munmap(k, mm, start, start + page_align_up(a[1]))
+    k.do_munmap(mm, start, start + page_align_up(a[1]))
 
 
-def sys_mprotect(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def sys_mprotect(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     start = a[0] & ~(PAGE_SIZE - 1)
     end = start + page_align_up(a[1])
     vm = prot_to_vm(a[2])
@@ -148,22 +125,22 @@ def sys_mprotect(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
     k._flush(mm, start, end, k.page_shift, True)
 
 
-def sys_brk(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def sys_brk(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     if mm.start_brk == 0:
         mm.start_brk = mm.brk = ret
     old_end, new_end = page_align_up(mm.brk), page_align_up(ret)
     base = page_align_up(mm.start_brk)
     if new_end > old_end:
         lo = max(old_end, base)
-        do_munmap(k, mm, lo, new_end)
+        k.do_munmap(mm, lo, new_end)
         mm.vmas.insert(VMA(lo, new_end, VM_READ | VM_WRITE, "heap", "[heap]"))
         mm.vmas.merge_around(lo, new_end)
     elif new_end < old_end:
-        do_munmap(k, mm, max(new_end, base), old_end)
+        k.do_munmap(mm, max(new_end, base), old_end)
     mm.brk = ret
 
 
-def sys_mremap(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def sys_mremap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     old, old_len, new_len = a[0], page_align_up(a[1]), page_align_up(a[2])
     flags = a[3]
     vma = mm.vmas.find(old)
@@ -171,9 +148,9 @@ def sys_mremap(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
         return
     if ret == old:
         if new_len < old_len:
-            do_munmap(k, mm, old + new_len, old + old_len)
+            k.do_munmap(mm, old + new_len, old + old_len)
         elif new_len > old_len:
-            do_munmap(k, mm, old + old_len, old + new_len)
+            k.do_munmap(mm, old + old_len, old + new_len)
             mm.vmas.carve(old, old + old_len)
             last = mm.vmas.find(old + old_len - PAGE_SIZE)
             assert last is not None
@@ -183,7 +160,7 @@ def sys_mremap(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
     k.move_range(mm, old, old_len, ret, new_len, keep_old=bool(flags & U("MREMAP_DONTUNMAP")))
 
 
-def sys_madvise(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def sys_madvise(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> int:
     start = a[0] & ~(PAGE_SIZE - 1)
     end = start + page_align_up(a[1])
     advice = a[2]
@@ -217,12 +194,15 @@ def sys_madvise(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
     elif advice in (U("MADV_POPULATE_READ"), U("MADV_POPULATE_WRITE")):
         populate(k, mm, start, end, write=advice == U("MADV_POPULATE_WRITE"))
     elif advice == U("MADV_COLLAPSE"):
-        k.madvise_collapse(mm, start, end)
+        rec = k.madvise_collapse(mm, start, end)
+        if rec is not None:          # the caller waits for the collapse
+            return rec.t_end_ns - rec.t_start_ns
     elif advice == U("MADV_PAGEOUT"):
         k.madvise_pageout(mm, start, end)
+    return 0
 
 
-def sys_prctl(k: Kernel, mm: MM, a: tuple[int, ...], ret: int) -> None:
+def sys_prctl(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     if a[0] == U("PR_SET_THP_DISABLE"):
         mm.thp_disabled = bool(a[1])
 

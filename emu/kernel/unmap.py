@@ -51,6 +51,18 @@ class UnmapMixin:
             f.page_mapcount += 1
             f.refcount += f.nr_pages
 
+    def do_munmap(self, mm: MM, start: int, end: int) -> None:
+        """Zap and remove [start, end), then free page tables nothing covers."""
+        vmas = mm.vmas.carve(start, end)
+        if not vmas:
+            return
+        for vma in vmas:
+            self.zap_range(mm, vma.start, vma.end, flush=False)
+        for vma in vmas:
+            mm.vmas.remove(vma)
+        self.free_pgtables(mm, start, end)
+        self._flush(mm, start, end, self.page_shift, False)
+
     def vma_adjust_trans_huge(self, mm: MM, start: int, end: int) -> None:
         """Split PMD-mapped THPs that a VMA boundary at start or end now cuts
         (vma_adjust_trans_huge -> split_huge_pmd_address)."""

@@ -13,8 +13,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from emu.arch import PAGE_SHIFT, PAGE_SIZE
 
 # include/linux/mm.h
 VM_READ = 0x00000001
@@ -56,6 +55,9 @@ class VMA:
     file: str | None = None   # page-cache key of the backing file, None if anonymous
     pgoff: int = 0            # file page index of ``start``
     anon_vma: bool = False    # has (had) anonymous pages: fork must copy its PTEs
+    # userfaultfd_armed(): userfaultfd is not modelled, so nothing sets it; collapse
+    # honours it where the kernel does (collapse_max_ptes_none).
+    uffd_armed: bool = False
 
     @property
     def is_anon(self) -> bool:

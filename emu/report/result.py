@@ -82,8 +82,8 @@ def build_result(machine: Any, binary: str, argv: list[str],
             "mthp_stats": {str(kb): d for kb, d in sorted(k.mthp_stats.items())},
             "nr_free_frames": k.nr_free_frames,
         }
-    if machine.khugepaged is not None and hasattr(machine.khugepaged, "report"):
-        result["khugepaged"] = machine.khugepaged.report()
+    if machine.collapse_log is not None:
+        result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
         result["khugepaged"]["guest_stalls"] = {"count": machine.collapse_stalls,
                                                 "total_ns": int(machine.collapse_stall_ns)}
     return result

@@ -59,7 +59,7 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             if nz:
                 add(f"   hugepages-{size}kB: " + ", ".join(f"{k}={v}" for k, v in nz.items()))
     if result.get("khugepaged"):
-        from emu.kernel.collapse_kernel import render_report
+        from emu.report.khugepaged import render as render_report
         add("")
         add(render_report(result["khugepaged"]))
         stalls = result["khugepaged"].get("guest_stalls", {})

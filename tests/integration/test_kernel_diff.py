@@ -237,9 +237,10 @@ def test_folio_orders_match_host_kernel(thp_sysfs, case):
 def _run_under_emu(binary: Path, argv: list[str], thp: str = "never", mthp: str | None = None):
     """A whole emu run (QEMU + plugin + machine + hw + kernel) with the COW log on."""
 
+    from emu.cli import model_args
     from emu.guest.elf import inspect_elf
     from emu.guest.qemu import GuestRun
-    from emu.session import _Progress, build_machine, consume, model_args
+    from emu.session import _Progress, build_machine, consume
     from emu.trace.reader import iter_batches
 
     elf = inspect_elf(binary)

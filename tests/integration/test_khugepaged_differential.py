@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from emu.kernel.collapse_kernel import bind_collapse
 from emu.kernel.config import ThpConfig
 from emu.kernel.kernel import Kernel
+from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 from emu.mem.physmem import PhysMem
 
 PAGE = 4096
@@ -114,8 +114,8 @@ def _host_thp_config() -> ThpConfig:
 
 
 def _model(written, read, advice, length) -> tuple[int, bool]:
-    k = Kernel("x86_64", _host_thp_config(), None, PhysMem(32 << 20 >> 12))
-    bind_collapse(k)
+    k = Kernel("x86_64", _host_thp_config(), None, PhysMem(32 << 20 >> 12),
+               khugepaged=KhugepagedKnobs.preset())
     k.new_mm(1)
     base = 1 << 30
     k.syscall(1, 0, "mmap", (0, 2 * PMD, PROT_RW, MAP_PRIVATE_ANON, (1 << 64) - 1, 0), base)

@@ -39,9 +39,10 @@ class _Marks(list):
 
 
 def _run(arch: str, switch: dict | None, algo: str = "v19"):
+    from emu.cli import model_args
     from emu.guest.elf import inspect_elf
     from emu.guest.qemu import GuestRun
-    from emu.session import build_machine, model_args
+    from emu.session import build_machine
     from emu.trace.reader import iter_batches
 
     binary = _guest(arch)
@@ -59,15 +60,15 @@ def _run(arch: str, switch: dict | None, algo: str = "v19"):
 
     machine.markers = _Marks(on_mark)
     kh = machine.khugepaged
-    real_tick = kh.tick
 
-    def tick(now):
-        n = real_tick(now)
-        if "done" not in snaps and kh.khugepaged.pages_collapsed >= NR_PMDS:
+    made = []
+
+    def collapsed(e):
+        made.append(e.args["status"] == "succeeded")
+        if "done" not in snaps and sum(made) >= NR_PMDS:
             snaps["done"] = dict(hw.totals())
-        return n
 
-    kh.tick = tick
+    k.bus.subscribe("mm_collapse_huge_page", collapsed)
     with GuestRun(binary, ["-r", str(NR_PMDS), "-i", "60"], arch=elf.arch) as guest:
         for batch in iter_batches(guest.stream):
             machine.feed(batch)
@@ -79,7 +80,7 @@ def _run(arch: str, switch: dict | None, algo: str = "v19"):
     loads = snaps[3]["dTLB-loads"] - start["dTLB-loads"]
     misses = snaps[3]["dTLB-load-misses"] - start["dTLB-load-misses"]
     assert loads > 0
-    return kh.report(), misses / loads
+    return machine.collapse_log.section(kh), misses / loads
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
@@ -105,10 +106,11 @@ def test_sparse_regions_collapse_to_64k_when_only_64k_is_enabled(arch):
 def test_guest_stalls_on_pmds_a_collapse_holds(arch):
     """A thread reading a PMD while khugepaged has it cleared waits until the collapse
     installs the new mapping: the stall is counted and charged to its clock."""
+    from emu.cli import model_args
     from emu.guest.elf import inspect_elf
     from emu.guest.qemu import GuestRun
     from emu.report.result import build_result
-    from emu.session import build_machine, model_args
+    from emu.session import build_machine
     from emu.trace.reader import iter_batches
 
     binary = _guest(arch)
@@ -117,9 +119,9 @@ def test_guest_stalls_on_pmds_a_collapse_holds(arch):
                                                        khugepaged="fast"))
     k = machine.kernel
     windows = []
-    machine.khugepaged.tracer.listeners.append(
-        lambda e: windows.append(e.args["attempt"].pmd_cleared_ns)
-        if e.name == "mm_collapse_huge_page" and e.args["attempt"].pmd_cleared_ns else None)
+    k.bus.subscribe("mm_collapse_huge_page",
+                    lambda e: windows.append(e.args["attempt"].pmd_cleared_ns)
+                    if e.args["attempt"].pmd_cleared_ns else None)
 
     def on_mark(i):
         if i == 2:

@@ -2,6 +2,7 @@
 
 from emu.kernel.config import ThpConfig
 from emu.kernel.kernel import Kernel
+from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 from emu.mem.physmem import PhysMem
 
 MiB = 1 << 20
@@ -11,9 +12,11 @@ MAP_PRIVATE_ANON = 0x22
 
 
 def make_kernel(arch: str = "x86_64", enabled: str = "never", mthp: dict | None = None,
-                mib: int = 64, **kw) -> Kernel:
+                mib: int = 64, khugepaged: bool = False, **kw) -> Kernel:
+    """A kernel without TLBs; with ``khugepaged``, also khugepaged and MADV_COLLAPSE."""
     cfg = ThpConfig(enabled=enabled, hugepages=dict(mthp or {}))
-    return Kernel(arch, cfg, None, PhysMem(mib * MiB // PAGE), **kw)
+    knobs = KhugepagedKnobs.preset("default") if khugepaged else None
+    return Kernel(arch, cfg, None, PhysMem(mib * MiB // PAGE), khugepaged=knobs, **kw)
 
 
 def mmap(k: Kernel, pid: int, addr: int, length: int, prot: int = PROT_RW,

@@ -20,12 +20,14 @@ import numpy as np
 
 from emu.arch import get_arch
 from emu.arch.profile import default_profile, load_profile
+from emu.arch.syscalls import uapi
 from emu.hw.hardware import Hardware
 from emu.kernel.config import ThpConfig, order_to_kb
 from emu.kernel.kernel import Kernel
-from emu.kernel.khugepaged import attach_khugepaged
-from emu.kernel.syscalls import UAPI
+from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 from emu.mem.physmem import PhysMem
+
+UAPI = uapi()
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -58,14 +60,17 @@ class Scenario:
     def __init__(self, arch: str = "x86_64", algo: str = "v19", thp: ThpConfig | None = None,
                  preset: str = "selftest", mib: int = 256) -> None:
         physmem = PhysMem(mib << 20 >> PAGE_SHIFT)
-        self.kernel = Kernel(arch, thp or ThpConfig(enabled="madvise"), None, physmem)
         self.hw = Hardware(get_arch(arch), load_profile(default_profile(arch)), physmem,
                            NR_CPUS)
-        self.kernel.hw = self.hw
-        self.collapse = attach_khugepaged(self.kernel, preset=preset, algo=algo)
-        self.khugepaged = self.collapse.khugepaged
-        self.knobs = self.collapse.knobs
-        self.tracer = self.collapse.tracer
+        self.kernel = Kernel(arch, thp or ThpConfig(enabled="madvise"), self.hw, physmem,
+                             khugepaged=KhugepagedKnobs.preset(preset), algo=algo)
+        self.khugepaged = self.kernel.khugepaged
+        self.knobs = self.khugepaged.knobs
+        self.bus = self.kernel.bus
+        self.bus.keep = True                      # tests read the history
+        self.madvise_records: list = []
+        self.bus.subscribe("emu_madvise_collapse",
+                           lambda e: self.madvise_records.append(e.args["record"]))
         self.arch = self.kernel.arch
         self.thp = self.kernel.config
         self.procs: dict[int, Proc] = {}
@@ -112,19 +117,19 @@ class Scenario:
         """An anonymous private MAP_FIXED mapping; registers with khugepaged as mmap does."""
         self.kernel.syscall(p.pid, p.cpu, "mmap",
                             (start, length, PROT_RW, MAP_FIXED_ANON, (1 << 64) - 1, 0), start)
-        self.collapse.enter(self.mm(p), now_ns)
+        self.khugepaged.enter(self.mm(p), now_ns)
         return start
 
     def madvise(self, p: Proc, start: int, length: int, advice: str, now_ns: int = 0) -> int:
         """madvise(); MADV_COLLAPSE returns the model's answer (QEMU answers 0)."""
-        self.collapse.now_ns = now_ns
-        before = len(self.collapse.madvise_records)
+        self.khugepaged.now_ns = now_ns
+        before = len(self.madvise_records)
         self.kernel.syscall(p.pid, p.cpu, "madvise", (start, length, UAPI[advice]), 0)
         if advice == "MADV_DONTNEED":               # the range reads as zeroes again
             for off in range(0, length, PAGE_SIZE):
                 p.truth.pop((start + off) >> PAGE_SHIFT, None)
         if advice == "MADV_COLLAPSE":
-            recs = self.collapse.madvise_records
+            recs = self.madvise_records
             return recs[-1].ret if len(recs) > before else -errno.EINVAL
         return 0
 
@@ -181,7 +186,7 @@ class Scenario:
 
     def register(self, p: Proc, now_ns: int = 0) -> None:
         """khugepaged_enter_vma() for the process's VMAs."""
-        self.collapse.enter(self.mm(p), now_ns)
+        self.khugepaged.enter(self.mm(p), now_ns)
 
     # ------------------------------------------------------------ page tables
     def _pmd(self, p: Proc, addr: int) -> int:

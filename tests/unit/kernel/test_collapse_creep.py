@@ -58,7 +58,7 @@ def test_v19_does_not_creep_with_max_ptes_none_300(arch):
     assert r.huge(p, 1) == 0
     assert _largest_order(sim, r, p) == 0
     assert sum(sim.mthp(o, "collapse_alloc") for o in range(2, 10)) == 0
-    assert sim.tracer.named("pr_warn_once"), "max_ptes_none=300 must warn for mTHP"
+    assert sim.bus.named("pr_warn_once"), "max_ptes_none=300 must warn for mTHP"
 
 
 @ARCH

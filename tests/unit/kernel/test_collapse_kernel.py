@@ -5,13 +5,14 @@ import errno
 import numpy as np
 import pytest
 
+from emu.arch import get_arch
 from emu.arch.profile import load_profile
 from emu.hw import Hardware
-from emu.kernel.collapse_kernel import bind_collapse
 from emu.kernel.config import ThpConfig
 from emu.kernel.kernel import Kernel
-from emu.kernel.khugepaged_knobs import KhugepagedKnobs
+from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 from emu.mem.physmem import PhysMem
+from emu.report.khugepaged import CollapseLog, render
 
 MiB = 1 << 20
 PAGE = 4096
@@ -20,11 +21,13 @@ PMD = 2 * MiB
 
 
 def _machine(arch="x86_64", hw=False, **thp):
+    """A kernel with khugepaged (fast preset) and one mm; c: the report's CollapseLog."""
     pm = PhysMem(64 * MiB // PAGE)
-    k = Kernel(arch, ThpConfig(enabled="never"), None, pm)
-    if hw:
-        k.hw = Hardware(k.arch, load_profile(f"generic-{arch}"), pm, 1)
-    c = bind_collapse(k, KhugepagedKnobs.preset("fast"))
+    hardware = Hardware(get_arch(arch), load_profile(f"generic-{arch}"), pm, 1) if hw else None
+    k = Kernel(arch, ThpConfig(enabled="never"), hardware, pm,
+               khugepaged=KhugepagedKnobs.preset("fast"))
+    c = CollapseLog(k.bus)
+    k.bus.keep = True
     k.new_mm(1)
     k.syscall(1, 0, "mmap", (0, 4 * PMD, 3, 0x22, (1 << 64) - 1, 0), B)
     return k, c, k.mm(1)
@@ -75,9 +78,9 @@ def test_khugepaged_mthp_64k_on_real_tables(arch):
     k, c, mm = _machine(arch)
     _fault(k, mm, B, 512)
     k.config.hugepages[64] = "always"
-    c.enter(mm, 0)
-    c.tick(0)
-    assert c.report()["collapses_by_size_kb"] == {64: 32}
+    k.khugepaged.enter(mm, 0)
+    k.khugepaged.run(0)
+    assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 32}
     assert _versions_ok(k, mm, B, 512)
     for i in range(0, 512, 16):
         d = k.pt.get_pte(mm, B + i * PAGE)
@@ -99,41 +102,41 @@ def test_rollback_restores_every_descriptor():
     before = k.physmem.pgtables.table(table).copy()
     k.config.hugepages[64] = "always"
     k.config.hugepages[2048] = "never"
-    c.enter(child, 0)
-    c.tick(0)
+    k.khugepaged.enter(child, 0)
+    k.khugepaged.run(0)
     after = k.physmem.pgtables.table(k.pt.pte_table(child, B))
     assert k.pt.pte_table(child, B) == table
     assert np.array_equal(before[:16], after[:16])      # the shared page's block untouched
     assert k.mthp_stats[64]["collapse_exceed_shared_pte"] >= 1
-    assert c.report()["collapses_by_size_kb"] == {64: 31}
+    assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 31}
 
 
 def test_pageout_and_swapin_during_pmd_collapse():
     k, c, mm = _machine()
     _fault(k, mm, B, 512)
-    assert c.pageout(mm, B, B + 10 * PAGE) == 10
+    assert k.madvise_pageout(mm, B, B + 10 * PAGE) == 10
     assert mm.counters["MM_SWAPENTS"] == 10
     assert k.arch.is_swap(k.pt.get_pte(mm, B))
     k.config.enabled = "always"
-    c.enter(mm, 0)
-    c.tick(0)
+    k.khugepaged.enter(mm, 0)
+    k.khugepaged.run(0)
     assert k.pt.pmd_is_leaf(k.pt.get_pmd(mm, B))
     assert _versions_ok(k, mm, B, 512)
-    assert k.vmstat["pswpin"] == 10 and c.ops.swap.nr_used == 0
+    assert k.vmstat["pswpin"] == 10 and k.swap.nr_used == 0
     assert mm.counters["MM_SWAPENTS"] == 0
 
 
 def test_mthp_collapse_leaves_swap_ranges_alone():
     k, c, mm = _machine()
     _fault(k, mm, B, 512)
-    c.pageout(mm, B + 5 * PAGE, B + 6 * PAGE)
+    k.madvise_pageout(mm, B + 5 * PAGE, B + 6 * PAGE)
     k.config.hugepages[64] = "always"
-    c.enter(mm, 0)
-    c.tick(0)
-    assert c.report()["collapses_by_size_kb"] == {64: 31}
+    k.khugepaged.enter(mm, 0)
+    k.khugepaged.run(0)
+    assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 31}
     assert k.arch.is_swap(k.pt.get_pte(mm, B + 5 * PAGE))
     assert k.mthp_stats[64]["collapse_exceed_swap_pte"] == 1
-    assert c.do_swap_page(mm, mm.vmas.find(B), B + 5 * PAGE)
+    assert k.do_swap_page(mm, mm.vmas.find(B), B + 5 * PAGE)
     assert _versions_ok(k, mm, B, 512)
 
 
@@ -162,18 +165,18 @@ def test_madvise_collapse_einval_and_vma_nohugepage():
     _fault(k, mm, B, 4)
     k.syscall(1, 0, "madvise", (B, PMD, 15, 0, 0, 0), 0)        # MADV_NOHUGEPAGE
     assert k.madvise_collapse(mm, B, B + PMD).ret == -errno.EINVAL
-    assert c.report()["madvise_collapse"][-1]["errno"] == "EINVAL"
+    assert c.section(k.khugepaged)["madvise_collapse"][-1]["errno"] == "EINVAL"
 
 
 def test_report_has_mapping_sizes_before_and_after():
     k, c, mm = _machine("arm64")
     _fault(k, mm, B, 512)
     k.config.hugepages[64] = "always"
-    c.enter(mm, 0)
-    c.tick(0)
-    r = c.report()
+    k.khugepaged.enter(mm, 0)
+    k.khugepaged.run(0)
+    r = c.section(k.khugepaged)
     assert r["pages_by_mapping_size"] == {"before": {"4kB": 512}, "after": {"64kB": 512}}
-    text = c.render()
+    text = render(c.section(k.khugepaged))
     assert "64kB x32" in text and "pages_collapsed 1" in text
 
 
@@ -183,6 +186,6 @@ def test_flush_cost_comes_from_what_the_flush_did():
     mm.cpumask.update({0})
     k.current_cpu = 0
     assert k.madvise_collapse(mm, B, B + PMD).ret == 0
-    att = c.tracer.named("mm_collapse_huge_page")[-1].args["attempt"]
+    att = k.bus.named("mm_collapse_huge_page")[-1].args["attempt"]
     # x86: 512 pages > tlb_single_page_flush_ceiling -> one full local flush.
-    assert att.flush_ns == c.ops.costs.flush_local_all_ns
+    assert att.flush_ns == k.khugepaged.costs.flush_local_all_ns

@@ -14,7 +14,7 @@ def test_kernel_defaults_match_transhuge_rst():
     assert s["hugepages-2048kB/enabled"] == "inherit"
     for kb in (16, 32, 64, 128, 256, 512, 1024):
         assert s[f"hugepages-{kb}kB/enabled"] == "never"
-    assert cfg.sysfs_orders(False) == {9}
+    assert cfg.anon_orders(False) == 1 << 9
 
 
 def test_parse_mthp_and_thp():
@@ -28,15 +28,15 @@ def test_parse_mthp_and_thp():
         parse_thp("yes")
 
 
-def test_sysfs_orders_follow_thp_vma_allowable_orders():
+def test_anon_orders_follow_thp_vma_allowable_orders():
     cfg = config_from_cli("madvise", "16K=always,64K=madvise,2M=inherit,128K=inherit")
     # without VM_HUGEPAGE: only 'always' sizes; inherit follows global madvise -> no
-    assert cfg.sysfs_orders(False) == {2}
-    assert cfg.sysfs_orders(True) == {2, 4, 5, 9}
+    assert cfg.anon_orders(False) == 1 << 2
+    assert cfg.anon_orders(True) == 1 << 2 | 1 << 4 | 1 << 5 | 1 << 9
     cfg.enabled = "never"
-    assert cfg.sysfs_orders(True) == {2, 4}
+    assert cfg.anon_orders(True) == 1 << 2 | 1 << 4
     cfg.enabled = "always"
-    assert cfg.sysfs_orders(False) == {2, 5, 9}
+    assert cfg.anon_orders(False) == 1 << 2 | 1 << 5 | 1 << 9
     assert VM_HUGEPAGE  # the flag the caller tests
 
 

@@ -10,21 +10,25 @@ from emu.kernel.vma import VM_HUGEPAGE, VM_NOHUGEPAGE, VM_READ, VM_WRITE, VMA
 BASE = 0x40000000          # 1 GiB: 2 MiB aligned
 
 
+def _orders(cfg, size, flags, anon, thp_disabled, addr, max_order=9):
+    vma = VMA(BASE, BASE + size, flags, "anon" if anon else "file", "",
+              None if anon else "f", 0)
+    return thp_fault_orders(cfg, vma, thp_disabled, addr, max_order)
+
+
 def test_thp_fault_orders_is_pure_and_follows_alignment_and_bounds():
     cfg = ThpConfig(enabled="never", hugepages={16: "always", 64: "always", 2048: "always"})
     rw = VM_READ | VM_WRITE
     # VMA of 40 KiB at a 64 KiB boundary: 64K does not fit, 16K does
-    assert thp_fault_orders(cfg, BASE, BASE + 40 * 1024, rw, True, False, BASE + PAGE) == [2]
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw, True, False, BASE) == [9, 4, 2]
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw, True, False, BASE, 8) == [4, 2]
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw | VM_NOHUGEPAGE, True, False,
-                            BASE) == []
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw, True, True, BASE) == []
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw, False, False, BASE) == []
+    assert _orders(cfg, 40 * 1024, rw, True, False, BASE + PAGE) == [2]
+    assert _orders(cfg, 4 * MiB, rw, True, False, BASE) == [9, 4, 2]
+    assert _orders(cfg, 4 * MiB, rw, True, False, BASE, 8) == [4, 2]
+    assert _orders(cfg, 4 * MiB, rw | VM_NOHUGEPAGE, True, False, BASE) == []
+    assert _orders(cfg, 4 * MiB, rw, True, True, BASE) == []
+    assert _orders(cfg, 4 * MiB, rw, False, False, BASE) == []
     cfg = ThpConfig(enabled="madvise", hugepages={64: "madvise"})
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw, True, False, BASE) == []
-    assert thp_fault_orders(cfg, BASE, BASE + 4 * MiB, rw | VM_HUGEPAGE, True, False,
-                            BASE) == [9, 4]
+    assert _orders(cfg, 4 * MiB, rw, True, False, BASE) == []
+    assert _orders(cfg, 4 * MiB, rw | VM_HUGEPAGE, True, False, BASE) == [9, 4]
 
 
 def test_choose_anon_order_skips_populated_ranges():

@@ -144,10 +144,7 @@ def test_random_workloads_keep_the_books_straight(seed):
     arch = ("x86_64", "arm64")[seed % 2]
     cfg = CONFIGS[(seed // 2) % len(CONFIGS)]
     ops = gen_ops(seed)
-    k = make_kernel(arch, mib=96, **cfg)
-    if seed % 3 == 0:                   # with the swap/khugepaged binding: MADV_PAGEOUT works
-        from emu.kernel.collapse_kernel import bind_collapse
-        bind_collapse(k)
+    k = make_kernel(arch, mib=96, khugepaged=seed % 3 == 0, **cfg)   # MADV_COLLAPSE too
     free0 = k.nr_free_frames
     k.new_mm(1)
     pids, cur, next_pid = [1], 1, 2

@@ -1,17 +1,15 @@
-"""Swap entries made by the swap binding (MADV_PAGEOUT) through the core paths:
+"""Swap entries made by MADV_PAGEOUT through the core paths:
 fault (swap-in), fork (swap_duplicate), zap/exit (swap_free), MADV_FREE."""
 
 import pytest
 from kernel_model_helpers import PAGE, MiB, make_kernel, mmap, order_at, touch
 
-collapse_kernel = pytest.importorskip("emu.kernel.collapse_kernel")
 BASE = 0x40000000
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_pageout_fork_swapin_and_exit_keep_swap_balanced(arch):
     k = make_kernel(arch, mthp={64: "always"})
-    collapse_kernel.bind_collapse(k)
     swap = k.swap
     mm = k.new_mm(1)
     mmap(k, 1, BASE, MiB)

@@ -6,9 +6,9 @@ from scenario import ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE, Scenario
 
 from emu.errors import EmuError
 from emu.kernel.config import ThpConfig, order_to_kb
-from emu.kernel.khugepaged import NS_PER_MS
-from emu.kernel.khugepaged_knobs import KhugepagedKnobs
-from emu.kernel.scan_result import ScanResult
+from emu.kernel.khugepaged.daemon import NS_PER_MS
+from emu.kernel.khugepaged.knobs import KhugepagedKnobs
+from emu.kernel.khugepaged.results import ScanResult
 
 B = 1 << 30
 
@@ -20,7 +20,6 @@ def arch(request):
 
 def test_default_knobs_are_the_kernels():
     k = KhugepagedKnobs.preset("default")
-    assert k == KhugepagedKnobs()
     assert (k.pages_to_scan, k.scan_sleep_millisecs, k.alloc_sleep_millisecs) == \
         (8 * HPAGE_PMD_NR, 10000, 60000)
     assert (k.max_ptes_none, k.max_ptes_swap, k.max_ptes_shared, k.defrag) == \
@@ -33,7 +32,7 @@ def test_default_knobs_are_the_kernels():
                                         ("max_ptes_swap", -1)])
 def test_bad_knob_values_are_rejected(name, value):
     with pytest.raises(EmuError):
-        KhugepagedKnobs().set(name, value)
+        KhugepagedKnobs.preset().set(name, value)
     with pytest.raises(EmuError):
         KhugepagedKnobs.preset("nope")
 

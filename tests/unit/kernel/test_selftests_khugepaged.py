@@ -7,7 +7,7 @@ import pytest
 import selftest_cases as st
 from scenario import ALGOS, ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE
 
-from emu.kernel.scan_result import ScanResult
+from emu.kernel.khugepaged.results import ScanResult
 
 CTX = pytest.mark.parametrize("ctx", st.CONTEXTS)
 ARCH = pytest.mark.parametrize("arch", ARCHS)
@@ -49,7 +49,7 @@ def test_collapse_single_pte_entry(kernel, ctx):
     out = st.case_collapse_single_pte_entry(sim, ctx)
     assert st.passed(ctx, out, 1, True), out
     # 511 of the 512 pages of the new THP were zero-filled.
-    att = sim.tracer.named("mm_collapse_huge_page")[-1].args["attempt"]
+    att = sim.bus.named("mm_collapse_huge_page")[-1].args["attempt"]
     assert att.zero_filled == HPAGE_PMD_NR - 1
 
 
@@ -139,7 +139,7 @@ def test_madvise_collapse_existing_thps(kernel):
     sim = kernel()
     outs = st.case_madvise_collapse_existing_thps(sim)
     assert all(st.passed("madvise", o, 1, True) for o in outs), outs
-    assert sim.collapse.madvise_records[-1].pmds[0][1] is ScanResult.SCAN_PMD_MAPPED
+    assert sim.madvise_records[-1].pmds[0][1] is ScanResult.SCAN_PMD_MAPPED
 
 
 # ------------------------------------------------------------ mTHP variants (§7.2 notes, §7.3)
@@ -156,7 +156,7 @@ def test_mthp_full_pmd_only_64k_becomes_32_x_64k(arch):
     out = r.collapse("khugepaged", p, 1, False)
     assert out.huge == 0 and out.sizes == {4: 32}, out.sizes
     assert not out.lost
-    made = [e for e in sim.tracer.named("mm_collapse_huge_page")
+    made = [e for e in sim.bus.named("mm_collapse_huge_page")
             if e.args["status"] == "succeeded"]
     assert len(made) == 32 and {e.args["order"] for e in made} == {4}
     # Later scans allocate, then isolate finds folio_order >= 4: PTE_MAPPED_HUGEPAGE.
@@ -185,7 +185,7 @@ def test_mthp_max_ptes_none_256_gives_fifteen_64k(arch):
     assert out.huge == 0
     assert out.sizes == {4: 15, 0: 15}, out.sizes
     assert not out.lost
-    warns = sim.tracer.named("pr_warn_once")
+    warns = sim.bus.named("pr_warn_once")
     assert len(warns) == 1 and "0 or 511" in warns[0].args["msg"]
 
 
@@ -229,6 +229,6 @@ def test_mthp_pmd_disabled_existing_thp_is_not_split_into_mthp(arch, case):
     finally:
         st.Run._khugepaged = orig
     assert 4 not in out.sizes
-    mapped_huge = [e for e in sim.tracer.named("mm_collapse_huge_page")
+    mapped_huge = [e for e in sim.bus.named("mm_collapse_huge_page")
                    if e.args["status"] == "pte_mapped_hugepage"]
     assert mapped_huge and all(e.args["order"] == 4 for e in mapped_huge)

@@ -9,40 +9,38 @@ the time it starts; its own duration (the costed steps) moves the thread's clock
 which decides when it next wakes.
 """
 
+from __future__ import annotations
+
 from collections import Counter
 from typing import Any
 
-from emu.kernel.collapse import CollapseControl, Tracer, collapse_possible
-from emu.kernel.collapse_ops import (
-    HPAGE_PMD_MASK,
-    HPAGE_PMD_SIZE,
-    TVA_KHUGEPAGED,
-    CollapseOps,
-    VmaInfo,
-)
-from emu.kernel.khugepaged_knobs import CollapseCosts, KhugepagedKnobs
-from emu.kernel.scan import collapse_scan_pmd
-from emu.kernel.scan_result import ScanResult
+from emu.arch import PMD_SIZE
+from emu.kernel.huge_memory import TVA_KHUGEPAGED, hugepage_enabled
+from emu.kernel.khugepaged.collapse import CollapseControl, collapse_possible
+from emu.kernel.khugepaged.knobs import CollapseCosts, KhugepagedKnobs
+from emu.kernel.khugepaged.pte_info import pmd_kind
+from emu.kernel.khugepaged.results import ScanResult
+from emu.kernel.khugepaged.scan import collapse_scan_pmd
+from emu.kernel.vma import VMA
 
 S = ScanResult
 NS_PER_MS = 1_000_000
+PMD_MASK = ~(PMD_SIZE - 1)
 
 COLLAPSE_ALGOS = ("v19", "v5")
 
 
 class Khugepaged:
-    """The khugepaged kthread with its mm list, cursor and counters."""
+    """The khugepaged kthread of one Kernel, with its mm list, cursor and counters."""
 
-    def __init__(self, ops: CollapseOps, knobs: KhugepagedKnobs | None = None,
-                 algo: str = "v19", tracer: Tracer | None = None,
-                 costs: CollapseCosts | None = None) -> None:
+    def __init__(self, kernel: Any, knobs: KhugepagedKnobs, algo: str = "v19") -> None:
         if algo not in COLLAPSE_ALGOS:
             raise ValueError(f"collapse algo must be one of {COLLAPSE_ALGOS}")
-        self.ops = ops
-        self.knobs = knobs or KhugepagedKnobs()
-        self.tracer = tracer or Tracer()
-        self.cc = CollapseControl(is_khugepaged=True, knobs=self.knobs, tracer=self.tracer,
-                                  costs=costs or CollapseCosts.load(), algo=algo)
+        self.k = kernel
+        self.knobs = knobs
+        self.costs = CollapseCosts.load()
+        self.cc = CollapseControl(is_khugepaged=True, knobs=knobs, bus=kernel.bus,
+                                  costs=self.costs, algo=algo)
         self.mm_slots: list[Any] = []          # khugepaged_scan.mm_head, in list order
         self.scan_mm: Any = None               # khugepaged_scan.mm_slot
         self.scan_address = 0                  # khugepaged_scan.address
@@ -53,15 +51,24 @@ class Khugepaged:
         self.results: Counter[ScanResult] = Counter()   # per PMD range scanned
         self.next_wake_ns: int | None = None   # None: asleep until an mm is registered
         self.busy_ns = 0                       # time spent running passes
+        self.now_ns = 0                        # the simulated time the machine last gave
+        self._next_sweep_ns = 0
 
     # ------------------------------------------------------------ registration
-    def khugepaged_enter_vma(self, mm: Any, vma: VmaInfo, now_ns: int = 0) -> bool:
+    def khugepaged_enter_vma(self, mm: Any, vma: VMA, now_ns: int = 0) -> bool:
         """Register mm if this VMA could ever be collapsed (mmap, brk, MADV_HUGEPAGE, fault)."""
-        if not self.ops.thp.hugepage_enabled():
+        if not hugepage_enabled(self.k.config):
             return False
-        if not collapse_possible(self.ops, mm, vma, TVA_KHUGEPAGED):
+        if not collapse_possible(self.k, mm, vma, TVA_KHUGEPAGED):
             return False
         return self._enter(mm, now_ns)
+
+    def enter(self, mm: Any, now_ns: int | None = None) -> None:
+        """khugepaged_enter_vma() for every VMA of mm, until one registers it."""
+        t = self.now_ns if now_ns is None else now_ns
+        for v in mm.vmas:
+            if self.khugepaged_enter_vma(mm, v, t):
+                break
 
     def _enter(self, mm: Any, now_ns: int) -> bool:
         """__khugepaged_enter(): add at the tail, wake the thread if the list was empty."""
@@ -90,7 +97,7 @@ class Khugepaged:
         """start_stop_khugepaged(): after a THP sysfs change, wake a sleeping thread that
         has work again (it stops by itself when hugepage_enabled() is false)."""
         if (self.next_wake_ns is None and self.mm_slots
-                and self.ops.thp.hugepage_enabled()):
+                and hugepage_enabled(self.k.config)):
             self.next_wake_ns = now_ns
 
     def set_knob(self, name: str, value: int, now_ns: int = 0) -> None:
@@ -104,7 +111,7 @@ class Khugepaged:
         """Run every pass due by now_ns; returns the number of passes run."""
         ran = 0
         while self.next_wake_ns is not None and self.next_wake_ns <= now_ns:
-            if not self.ops.thp.hugepage_enabled() or not self.mm_slots:
+            if not hugepage_enabled(self.k.config) or not self.mm_slots:
                 self.next_wake_ns = None
                 break
             start = self.next_wake_ns
@@ -154,27 +161,27 @@ class Khugepaged:
 
     def collapse_scan_mm_slot(self, pages: int, result: ScanResult) -> tuple[int, ScanResult]:
         """Scan the cursor's mm from the cursor's address; (progress, last result)."""
-        ops, cc = self.ops, self.cc
+        k, cc = self.k, self.cc
         if self.scan_mm is None:
             self.scan_mm = self.mm_slots[0]
             self.scan_address = 0
         mm = self.scan_mm
         progress = 0
         finished_mm = True           # the kernel's "vma == NULL" after for_each_vma
-        if ops.mm_exiting(mm):
+        if mm.exited:
             progress += 1
         else:
-            for vma in sorted(ops.vmas(mm), key=lambda v: v.start):
+            for vma in mm.vmas:
                 if vma.end <= self.scan_address:
                     continue
-                if ops.mm_exiting(mm):
+                if mm.exited:
                     progress += 1
                     break
-                if not collapse_possible(ops, mm, vma, TVA_KHUGEPAGED):
+                if not collapse_possible(k, mm, vma, TVA_KHUGEPAGED):
                     progress += 1
                     continue
-                hstart = (vma.start + HPAGE_PMD_SIZE - 1) & HPAGE_PMD_MASK
-                hend = vma.end & HPAGE_PMD_MASK
+                hstart = (vma.start + PMD_SIZE - 1) & PMD_MASK
+                hend = vma.end & PMD_MASK
                 if self.scan_address > hend:
                     progress += 1
                     continue
@@ -182,12 +189,12 @@ class Khugepaged:
                 stop = False
                 while self.scan_address < hend:
                     cc.progress = 0
-                    scanned_table = ops.pmd_kind(mm, self.scan_address) == "table"
-                    result = collapse_scan_pmd(ops, mm, vma, self.scan_address, cc)
+                    scanned_table = pmd_kind(k, mm, self.scan_address) == "table"
+                    result = collapse_scan_pmd(k, mm, vma, self.scan_address, cc)
                     self.results[result] += 1
                     if result is S.SCAN_SUCCEED:
                         self.pages_collapsed += 1
-                    self.scan_address += HPAGE_PMD_SIZE
+                    self.scan_address += PMD_SIZE
                     progress += cc.progress
                     # A collapse attempt dropped mmap_lock: leave the mm for now.
                     if scanned_table and cc.collapse_attempted:
@@ -198,11 +205,39 @@ class Khugepaged:
                 if stop:
                     finished_mm = False
                     break
-        if ops.mm_exiting(mm) or finished_mm:
+        if mm.exited or finished_mm:
             self._advance_cursor(mm)
-            if ops.mm_exiting(mm):
+            if mm.exited:
                 self.mm_slots.remove(mm)          # collect_mm_slot()
         return progress, result
+
+    # ------------------------------------------------------------ the machine's clock
+    def sweep(self, now_ns: int) -> None:
+        """Register every live mm that has a VMA khugepaged could collapse.
+
+        Stands in for the khugepaged_enter_vma() calls at brk and fault time, which
+        the kernel model does not make (mmap and MADV_HUGEPAGE do call it); the
+        resulting mm list is the same, its order is the order of the sweep.
+        """
+        for mm in list(self.k.mms.values()):
+            if not mm.exited and mm not in self.mm_slots:
+                self.enter(mm, now_ns)
+        self.start_stop(now_ns)
+
+    def run(self, now_ns: float) -> int:
+        """Run the thread up to now_ns on its own CPU (its flushes come from no vCPU)."""
+        now_ns = int(now_ns)
+        self.now_ns = now_ns
+        if now_ns >= self._next_sweep_ns:
+            self.sweep(now_ns)
+            self._next_sweep_ns = now_ns + max(1, self.knobs.scan_sleep_millisecs) * NS_PER_MS
+        if self.next_wake_ns is None or self.next_wake_ns > now_ns:
+            return 0
+        saved, self.k.current_cpu = self.k.current_cpu, None
+        try:
+            return self.tick(now_ns)
+        finally:
+            self.k.current_cpu = saved
 
     # ------------------------------------------------------------ reporting
     def stats(self) -> dict:
@@ -218,14 +253,3 @@ class Khugepaged:
             "algo": self.cc.algo,
             "knobs": dict(vars(self.knobs)),
         }
-
-
-def attach_khugepaged(kernel: Any, preset: str = "default", algo: str = "v19",
-                      tracer: Tracer | None = None) -> Any:
-    """Bind khugepaged, MADV_COLLAPSE and swap to an emu.kernel.kernel.Kernel.
-
-    Returns the binding (emu.kernel.collapse_kernel.KernelCollapse): the machine calls
-    its ``tick(now_ns)``; ``report()`` gives the results for text/JSON output.
-    """
-    from emu.kernel.collapse_kernel import bind_collapse
-    return bind_collapse(kernel, KhugepagedKnobs.preset(preset), algo=algo, tracer=tracer)

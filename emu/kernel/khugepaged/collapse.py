@@ -4,91 +4,48 @@ Follows the v19 form of the khugepaged mTHP series: entered and left with the mm
 lock dropped; the whole PMD is detached by pmdp_collapse_flush even for a 16 KiB
 target; isolate never modifies PTEs, so a failure reinstalls the saved table and
 every PTE is as it was.  Each step advances ``cc.now_ns`` by an estimated duration
-(collapse_costs.toml) and is recorded in the attempt's trace event.
+(data/collapse_costs.toml) and is recorded in the attempt's event.  The page-table
+work is done on the kernel's real tables, so the hardware model walks every
+state: the cleared PMD, the flush through emu.kernel.tlbflush, the huge PMD or
+the set_ptes (contiguous on arm64 where the order allows).
 """
 
-from collections import Counter
-from collections.abc import Callable
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from emu.kernel.collapse_ops import (
+from emu.arch import PAGE_SHIFT, PAGE_SIZE, PMD_NR, PMD_ORDER, PMD_SIZE
+from emu.bus import EventBus
+from emu.kernel.huge_memory import (
     BIT,
-    HPAGE_PMD_MASK,
-    HPAGE_PMD_NR,
-    HPAGE_PMD_ORDER,
-    KHUGEPAGED_MAX_PTES_LIMIT,
-    PAGE_SHIFT,
-    PAGE_SIZE,
+    THP_ORDERS_ALL_ANON,
+    TVA_FORCED_COLLAPSE,
+    TVA_KHUGEPAGED,
+    thp_vma_allowable_orders,
+    thp_vma_suitable_order,
+)
+from emu.kernel.khugepaged.knobs import KHUGEPAGED_MAX_PTES_LIMIT, CollapseCosts, KhugepagedKnobs
+from emu.kernel.khugepaged.pte_info import (
     PTE_NONE,
     PTE_PRESENT,
     PTE_SWAP,
     PTE_ZERO,
-    THP_ORDERS_ALL_ANON,
-    TVA_FORCED_COLLAPSE,
-    TVA_KHUGEPAGED,
-    CollapseOps,
-    VmaInfo,
-    thp_vma_allowable_orders,
-    thp_vma_suitable_order,
+    decode_table,
+    pmd_kind,
+    read_ptes,
 )
-from emu.kernel.khugepaged_knobs import CollapseCosts, KhugepagedKnobs
-from emu.kernel.scan_result import ScanResult
+from emu.kernel.khugepaged.results import ScanResult
+from emu.kernel.vma import VM_WRITE, VMA, vm_prot
 
 S = ScanResult
+PMD_MASK = ~(PMD_SIZE - 1)
+KHUGEPAGED_MIN_MTHP_ORDER = 2
 
 MTHP_NONE_WARNING = ("mTHP collapse does not support max_ptes_none values other than "
                      "0 or 511, defaulting to 0.")
-
-
-@dataclass
-class TraceEvent:
-    """One record named like the kernel tracepoint (or 'pr_warn_once')."""
-
-    name: str
-    t_ns: int
-    args: dict
-
-
-@dataclass
-class Tracer:
-    """Collects trace events and pr_warn_once state for one kernel.
-
-    ``counts`` keeps (event name, status, order) totals for every event ever emitted,
-    so reports stay exact when the event list is capped at ``max_events``.
-    """
-
-    events: list[TraceEvent] = field(default_factory=list)
-    warned: set[str] = field(default_factory=set)
-    enabled: bool = True
-    max_events: int = 200_000
-    dropped: int = 0
-    counts: Counter = field(default_factory=Counter)
-    # Called with every event, capped list or not (the machine's collapse windows).
-    listeners: list[Callable[[TraceEvent], None]] = field(default_factory=list)
-
-    def emit(self, name: str, t_ns: int, **args: Any) -> None:
-        self.counts[(name, args.get("status"), args.get("order"))] += 1
-        if self.listeners:
-            ev = TraceEvent(name, t_ns, args)
-            for listener in self.listeners:
-                listener(ev)
-        if not self.enabled:
-            return
-        if len(self.events) >= self.max_events:
-            self.dropped += 1
-            return
-        self.events.append(TraceEvent(name, t_ns, args))
-
-    def warn_once(self, msg: str, t_ns: int) -> None:
-        if msg not in self.warned:
-            self.warned.add(msg)
-            self.events.append(TraceEvent("pr_warn_once", t_ns, {"msg": msg}))
-
-    def named(self, name: str) -> list[TraceEvent]:
-        return [e for e in self.events if e.name == name]
 
 
 @dataclass
@@ -97,14 +54,14 @@ class CollapseControl:
 
     is_khugepaged: bool
     knobs: KhugepagedKnobs
-    tracer: Tracer
+    bus: EventBus
     costs: CollapseCosts
     algo: str = "v19"
     now_ns: int = 0
     progress: int = 0
     collapse_attempted: bool = False    # the last scan dropped mmap_lock to collapse
     mthp_present_ptes: np.ndarray = field(
-        default_factory=lambda: np.zeros(HPAGE_PMD_NR, dtype=np.bool_))
+        default_factory=lambda: np.zeros(PMD_NR, dtype=np.bool_))
     # v5: one bit per KHUGEPAGED_MIN_MTHP_ORDER chunk of 4 PTEs (128 bits).
     mthp_bitmap: np.ndarray = field(default_factory=lambda: np.zeros(128, dtype=np.bool_))
     # Lance Yang's post-v19 fix (UNCONFIRMED whether merged): count accepted swap PTEs
@@ -121,78 +78,78 @@ class CollapseControl:
 
 # ---------------------------------------------------------------- limits (§1.5)
 
-def collapse_max_ptes_none(cc: CollapseControl, vma: VmaInfo | None, order: int) -> int:
+def collapse_max_ptes_none(cc: CollapseControl, vma: VMA | None, order: int) -> int:
     """How many none/zero PTEs a range of 2**order may hold (v19 03/14 + fixups)."""
     if vma is not None and vma.uffd_armed:
         return 0
     if not cc.is_khugepaged:
-        return HPAGE_PMD_NR
+        return PMD_NR
     sysfs = cc.knobs.max_ptes_none
-    if order == HPAGE_PMD_ORDER:
+    if order == PMD_ORDER:
         return sysfs
     if cc.algo == "v5":
         # v5: the PMD limit scaled down by order (the cause of the creep, §1.6).
-        return sysfs >> (HPAGE_PMD_ORDER - order)
+        return sysfs >> (PMD_ORDER - order)
     if sysfs == KHUGEPAGED_MAX_PTES_LIMIT:
         return (1 << order) - 1
     if sysfs != 0:
-        cc.tracer.warn_once(MTHP_NONE_WARNING, cc.now_ns)
+        cc.bus.warn_once(MTHP_NONE_WARNING, cc.now_ns)
     return 0
 
 
 def collapse_max_ptes_swap(cc: CollapseControl, order: int) -> int:
     if not cc.is_khugepaged:
-        return HPAGE_PMD_NR
-    return cc.knobs.max_ptes_swap if order == HPAGE_PMD_ORDER else 0
+        return PMD_NR
+    return cc.knobs.max_ptes_swap if order == PMD_ORDER else 0
 
 
 def collapse_max_ptes_shared(cc: CollapseControl, order: int) -> int:
     if not cc.is_khugepaged:
-        return HPAGE_PMD_NR
-    return cc.knobs.max_ptes_shared if order == HPAGE_PMD_ORDER else 0
+        return PMD_NR
+    return cc.knobs.max_ptes_shared if order == PMD_ORDER else 0
 
 
-def count_collapse_event(ops: CollapseOps, order: int, vm_event: str, mthp_stat: str) -> None:
+def count_collapse_event(k: Any, order: int, vm_event: str, mthp_stat: str) -> None:
     """The mTHP stat always, the vm event for PMD order only (count_collapse_event())."""
-    if order == HPAGE_PMD_ORDER:
-        ops.count_vm_event(vm_event)
-    ops.count_mthp_stat(order, mthp_stat)
+    if order == PMD_ORDER:
+        k.stats.count_vm_event(vm_event)
+    k.stats.count_mthp_stat(order, mthp_stat)
 
 
 # ---------------------------------------------------------------- eligibility (§1.2)
 
-def collapse_possible_orders(ops: CollapseOps, mm: Any, vma: VmaInfo, tva: int) -> int:
+def collapse_possible_orders(k: Any, mm: Any, vma: VMA, tva: int) -> int:
     """collapse_possible_orders(): all anon orders for khugepaged, PMD otherwise."""
-    mask = THP_ORDERS_ALL_ANON if (tva == TVA_KHUGEPAGED and vma.anon) else BIT(HPAGE_PMD_ORDER)
-    return thp_vma_allowable_orders(vma, tva, mask, ops.thp, ops.mm_thp_disabled(mm))
+    mask = THP_ORDERS_ALL_ANON if (tva == TVA_KHUGEPAGED and vma.is_anon) else BIT(PMD_ORDER)
+    return thp_vma_allowable_orders(vma, tva, mask, k.config, mm.thp_disabled)
 
 
-def collapse_possible(ops: CollapseOps, mm: Any, vma: VmaInfo, tva: int) -> bool:
-    return bool(collapse_possible_orders(ops, mm, vma, tva))
+def collapse_possible(k: Any, mm: Any, vma: VMA, tva: int) -> bool:
+    return bool(collapse_possible_orders(k, mm, vma, tva))
 
 
-def hugepage_vma_revalidate(ops: CollapseOps, mm: Any, address: int, expect_anon: bool,
-                            cc: CollapseControl, order: int) -> tuple[ScanResult, VmaInfo | None]:
+def hugepage_vma_revalidate(k: Any, mm: Any, address: int, expect_anon: bool,
+                            cc: CollapseControl, order: int) -> tuple[ScanResult, VMA | None]:
     """Re-find the VMA after the lock was dropped and check it can take 2**order."""
     cc.step(cc.costs.revalidate_ns)
-    if ops.mm_exiting(mm) or ops.mm_thp_disabled(mm):
+    if mm.exited or mm.thp_disabled:
         return S.SCAN_ANY_PROCESS, None
-    vma = ops.find_vma(mm, address)
+    vma = mm.vmas.find(address)
     if vma is None:
         return S.SCAN_VMA_NULL, None
     # v19 01/14: always the whole PMD, since the collapse detaches the whole table.
-    if not thp_vma_suitable_order(vma, address, HPAGE_PMD_ORDER):
+    if not thp_vma_suitable_order(vma, address, PMD_ORDER):
         return S.SCAN_ADDRESS_RANGE, None
     tva = TVA_KHUGEPAGED if cc.is_khugepaged else TVA_FORCED_COLLAPSE
-    if not thp_vma_allowable_orders(vma, tva, BIT(order), ops.thp, ops.mm_thp_disabled(mm)):
+    if not thp_vma_allowable_orders(vma, tva, BIT(order), k.config, mm.thp_disabled):
         return S.SCAN_VMA_CHECK, None
-    if expect_anon and (not vma.anon or not vma.anon_vma):
+    if expect_anon and (not vma.is_anon or not vma.anon_vma):
         return S.SCAN_PAGE_ANON, None
     return S.SCAN_SUCCEED, vma
 
 
-def find_pmd_or_thp_or_none(ops: CollapseOps, mm: Any, pmd_addr: int) -> ScanResult:
-    kind = ops.pmd_kind(mm, pmd_addr)
+def find_pmd_or_thp_or_none(k: Any, mm: Any, pmd_addr: int) -> ScanResult:
+    kind = pmd_kind(k, mm, pmd_addr)
     if kind == "huge":
         return S.SCAN_PMD_MAPPED
     if kind != "table":
@@ -202,45 +159,45 @@ def find_pmd_or_thp_or_none(ops: CollapseOps, mm: Any, pmd_addr: int) -> ScanRes
 
 # ---------------------------------------------------------------- steps
 
-def alloc_charge_folio(ops: CollapseOps, cc: CollapseControl,
+def alloc_charge_folio(k: Any, cc: CollapseControl,
                        order: int) -> tuple[ScanResult, Any]:
-    """Allocate the target folio; GFP_TRANSHUGE_LIGHT only for khugepaged with defrag=0."""
-    light = cc.is_khugepaged and not cc.knobs.defrag
-    folio = ops.alloc_folio(order, light)
+    """Allocate the target folio (the GFP_TRANSHUGE vs _LIGHT choice of defrag is not
+    modelled: the buddy has no compaction to skip)."""
+    folio = k.folio_alloc(order, anon=True)
     cc.step(cc.costs.alloc_base_ns + cc.costs.alloc_per_page_ns * (1 << order))
     if folio is None:
-        count_collapse_event(ops, order, "thp_collapse_alloc_failed", "collapse_alloc_failed")
+        count_collapse_event(k, order, "thp_collapse_alloc_failed", "collapse_alloc_failed")
         return S.SCAN_ALLOC_HUGE_PAGE_FAIL, None
-    count_collapse_event(ops, order, "thp_collapse_alloc", "collapse_alloc")
+    count_collapse_event(k, order, "thp_collapse_alloc", "collapse_alloc")
     return S.SCAN_SUCCEED, folio
 
 
-def collapse_huge_page_swapin(ops: CollapseOps, mm: Any, vma: VmaInfo, start_addr: int,
+def collapse_huge_page_swapin(k: Any, mm: Any, vma: VMA, start_addr: int,
                               referenced: int, cc: CollapseControl, order: int) -> ScanResult:
     """__collapse_huge_page_swapin(): swap in the range (PMD); mTHP bails at a swap PTE."""
-    pmd_addr = start_addr & HPAGE_PMD_MASK
+    pmd_addr = start_addr & PMD_MASK
     first = (start_addr - pmd_addr) >> PAGE_SHIFT
-    ptes = ops.read_ptes(mm, pmd_addr)
+    ptes = read_ptes(k, mm, pmd_addr)
     swapped_in = 0
     result = S.SCAN_SUCCEED
     for i in range(first, first + (1 << order)):
         if ptes["kind"][i] != PTE_SWAP:
             continue
-        if order != HPAGE_PMD_ORDER:
-            ops.count_mthp_stat(order, "collapse_exceed_swap_pte")
+        if order != PMD_ORDER:
+            k.stats.count_mthp_stat(order, "collapse_exceed_swap_pte")
             result = S.SCAN_EXCEED_SWAP_PTE
             break
-        if not ops.swapin(mm, vma, pmd_addr + i * PAGE_SIZE):
+        if not k.do_swap_page(mm, vma, pmd_addr + i * PAGE_SIZE):
             result = S.SCAN_FAIL
             break
         swapped_in += 1
         cc.step(cc.costs.swapin_page_ns)
-    cc.tracer.emit("mm_collapse_huge_page_swapin", cc.now_ns, mm=mm, swapped_in=swapped_in,
+    cc.bus.publish("mm_collapse_huge_page_swapin", cc.now_ns, mm=mm, swapped_in=swapped_in,
                    referenced=referenced, ret=result.status, order=order)
     return result
 
 
-def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_addr: int,
+def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
                                ptes: np.ndarray, cc: CollapseControl,
                                order: int) -> tuple[ScanResult, list[int]]:
     """__collapse_huge_page_isolate(): check and isolate the folios of the target range.
@@ -248,7 +205,7 @@ def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_ad
     Reads the detached table; never changes a PTE.  On failure the folios isolated so
     far are put back and the list is empty.
     """
-    first = (start_addr & ~HPAGE_PMD_MASK) >> PAGE_SHIFT
+    first = (start_addr & ~PMD_MASK) >> PAGE_SHIFT
     max_none = collapse_max_ptes_none(cc, vma, order)
     max_shared = collapse_max_ptes_shared(cc, order)
     none_or_zero = shared = referenced = 0
@@ -260,7 +217,7 @@ def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_ad
         if kind in (PTE_NONE, PTE_ZERO):
             none_or_zero += 1
             if none_or_zero > max_none:
-                count_collapse_event(ops, order, "thp_scan_exceed_none_pte",
+                count_collapse_event(k, order, "thp_scan_exceed_none_pte",
                                      "collapse_exceed_none_pte")
                 result = S.SCAN_EXCEED_NONE_PTE
                 break
@@ -278,11 +235,11 @@ def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_ad
         if p["shared"]:
             shared += 1
             if shared > max_shared:
-                count_collapse_event(ops, order, "thp_scan_exceed_share_pte",
+                count_collapse_event(k, order, "thp_scan_exceed_share_pte",
                                      "collapse_exceed_shared_pte")
                 result = S.SCAN_EXCEED_SHARED_PTE
                 break
-        if order != HPAGE_PMD_ORDER and int(p["folio_order"]) >= order:
+        if order != PMD_ORDER and int(p["folio_order"]) >= order:
             result = S.SCAN_PTE_MAPPED_HUGEPAGE
             break
         if folio not in isolated:
@@ -292,7 +249,7 @@ def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_ad
             if not p["refcount_ok"]:
                 result = S.SCAN_PAGE_COUNT
                 break
-            if not p["lru"] or not ops.isolate_folio(folio):
+            if not p["lru"]:
                 result = S.SCAN_DEL_PAGE_LRU
                 break
             isolated.append(folio)
@@ -302,10 +259,8 @@ def collapse_huge_page_isolate(ops: CollapseOps, mm: Any, vma: VmaInfo, start_ad
     if result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
         result = S.SCAN_LACK_REFERENCED_PAGE
     if result is not S.SCAN_SUCCEED:
-        for folio in isolated:
-            ops.putback_folio(folio)
-        isolated = []
-    cc.tracer.emit("mm_collapse_huge_page_isolate", cc.now_ns, none_or_zero=none_or_zero,
+        isolated = []                     # putback: no LRU is modelled
+    cc.bus.publish("mm_collapse_huge_page_isolate", cc.now_ns, none_or_zero=none_or_zero,
                    referenced=referenced, status=result.status, order=order)
     return result, isolated
 
@@ -327,11 +282,11 @@ class CollapseAttempt:
     flush_ns: int = 0
 
 
-def collapse_huge_page(ops: CollapseOps, mm: Any, address: int, referenced: int,
+def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int,
                        unmapped: int, cc: CollapseControl, order: int) -> ScanResult:
     """Collapse [address, address + 4K << order) into one new folio of that order."""
     att = CollapseAttempt(mm, address, order, t_start_ns=cc.now_ns)
-    pmd_addr = address & HPAGE_PMD_MASK
+    pmd_addr = address & PMD_MASK
     nr = 1 << order
     costs = cc.costs
 
@@ -339,73 +294,150 @@ def collapse_huge_page(ops: CollapseOps, mm: Any, address: int, referenced: int,
         att.steps.append((name, cc.now_ns - t0))
 
     t = cc.now_ns
-    result, folio = alloc_charge_folio(ops, cc, order)
+    result, folio = alloc_charge_folio(k, cc, order)
     mark("alloc", t)
-    vma: VmaInfo | None = None
+    vma: VMA | None = None
     saved = None
     isolated_ok = False
     if result is S.SCAN_SUCCEED:
         t = cc.now_ns
         cc.step(costs.mmap_lock_ns)                       # mmap_read_lock
-        result, vma = hugepage_vma_revalidate(ops, mm, pmd_addr, True, cc, order)
+        result, vma = hugepage_vma_revalidate(k, mm, pmd_addr, True, cc, order)
         if result is S.SCAN_SUCCEED:
-            result = find_pmd_or_thp_or_none(ops, mm, pmd_addr)
+            result = find_pmd_or_thp_or_none(k, mm, pmd_addr)
         mark("revalidate", t)
     if result is S.SCAN_SUCCEED and unmapped:
         t = cc.now_ns
-        result = collapse_huge_page_swapin(ops, mm, vma, address, referenced, cc, order)
+        result = collapse_huge_page_swapin(k, mm, vma, address, referenced, cc, order)
         mark("swapin", t)
     if result is S.SCAN_SUCCEED:
         t = cc.now_ns
         cc.step(2 * costs.mmap_lock_ns)                   # read unlock, write lock
-        result, vma = hugepage_vma_revalidate(ops, mm, pmd_addr, True, cc, order)
+        result, vma = hugepage_vma_revalidate(k, mm, pmd_addr, True, cc, order)
         if result is S.SCAN_SUCCEED:
-            result = find_pmd_or_thp_or_none(ops, mm, pmd_addr)   # check_pmd_still_valid
+            result = find_pmd_or_thp_or_none(k, mm, pmd_addr)   # check_pmd_still_valid
         cc.step(costs.anon_vma_lock_ns)
         mark("mmap_write_lock", t)
     if result is S.SCAN_SUCCEED:
         t = cc.now_ns
         cc.step(costs.mmu_notifier_ns + costs.pmd_lock_ns)
-        saved, flush_ns = ops.pmdp_collapse_flush(mm, vma, pmd_addr)
+        saved, flush_ns = pmdp_collapse_flush(k, mm, pmd_addr)
         att.flush_ns = flush_ns if flush_ns else costs.flush_fallback_ns
         cc.step(att.flush_ns)
         cleared_at = t
         mark("pmdp_collapse_flush", t)
         t = cc.now_ns
-        ptes = ops.read_detached(saved, (address - pmd_addr) >> PAGE_SHIFT, nr)
-        result, isolated = collapse_huge_page_isolate(ops, mm, vma, address, ptes, cc, order)
+        ptes = decode_table(k, saved["table"], (address - pmd_addr) >> PAGE_SHIFT, nr)
+        result, isolated = collapse_huge_page_isolate(k, mm, vma, address, ptes, cc, order)
         mark("isolate", t)
         if result is not S.SCAN_SUCCEED:
             t = cc.now_ns
-            ops.pmd_populate(mm, pmd_addr, saved)        # rollback: the same table
+            pmd_populate(k, saved)                       # rollback: the same table
             cc.step(costs.rollback_ns)
             mark("rollback", t)
         else:
             isolated_ok = True
             t = cc.now_ns
             first = (address - pmd_addr) >> PAGE_SHIFT
-            att.zero_filled = ops.collapse_copy(mm, saved, folio, first, nr)
+            att.zero_filled = collapse_copy(k, mm, saved, folio, first, nr)
             cc.step(costs.copy_page_ns * (nr - att.zero_filled)
                     + costs.zero_page_ns * att.zero_filled)
             mark("copy", t)
             t = cc.now_ns
-            if order == HPAGE_PMD_ORDER:
-                ops.install_pmd(mm, vma, pmd_addr, folio, saved)
+            if order == PMD_ORDER:
+                install_pmd(k, mm, vma, pmd_addr, folio, saved)
             else:
-                ops.install_ptes(mm, vma, address, folio, order, saved)
+                install_ptes(k, mm, vma, address, folio, order, saved)
             folio = None
             cc.step(costs.install_ns + costs.pmd_lock_ns)
             mark("install", t)
         att.pmd_cleared_ns = (cleared_at, cc.now_ns)
         cc.step(costs.mmap_lock_ns)                        # mmap_write_unlock
     if folio is not None:
-        ops.free_folio(folio)
+        k.folio_free(folio)
     att.result = result
     att.t_end_ns = cc.now_ns
-    cc.tracer.emit("mm_collapse_huge_page", cc.now_ns, mm=mm, isolated=isolated_ok,
+    cc.bus.publish("mm_collapse_huge_page", cc.now_ns, mm=mm, isolated=isolated_ok,
                    status=result.status, order=order, address=address, attempt=att)
     return result
 
 
 def range_addr(pmd_addr: int, offset: int) -> int:
     return pmd_addr + offset * PAGE_SIZE
+
+
+# ---------------------------------------------------------------- page-table work
+
+def pmdp_collapse_flush(k: Any, mm: Any, pmd_addr: int) -> tuple[dict, int]:
+    """Clear the PMD (detaching its PTE table) and flush the 2 MiB; (saved, cost_ns)."""
+    store = k.physmem.pgtables
+    slot = k.pt.pmd_slot(mm, pmd_addr)
+    d = store.read(*slot)
+    store.write(slot[0], slot[1], 0)                      # pmdp_huge_get_and_clear
+    before = k.stats.vmstat.copy()
+    k._flush(mm, pmd_addr, pmd_addr + PMD_SIZE, PAGE_SHIFT, False)
+    k.stats.count_vm_event("emu_collapse_flush")
+    delta = {n: v - before.get(n, 0) for n, v in k.stats.vmstat.items()
+             if v != before.get(n, 0)}
+    return ({"slot": slot, "pmd": d, "table": k.arch.pfn(d), "flush": delta},
+            k.khugepaged.costs.flush_ns(delta))
+
+
+def pmd_populate(k: Any, saved: dict) -> None:
+    """Put the detached table back where it was (rollback, or before set_ptes)."""
+    store, slot = k.physmem.pgtables, saved["slot"]
+    assert store.read(*slot) == 0, "pmd_populate over a live PMD"
+    store.write(slot[0], slot[1], saved["pmd"])
+
+
+def collapse_copy(k: Any, mm: Any, saved: dict, folio: Any, first: int, nr: int) -> int:
+    """__collapse_huge_page_copy(): copy (or zero-fill) PTEs [first, first+nr) of the
+    detached table into folio, clear them and drop the sources' rmap.  Returns the
+    number of zero-filled pages."""
+    arch, phys = k.arch, k.physmem
+    tab = phys.pgtables.table(saved["table"])
+    zero = 0
+    unmap: dict[int, list[int]] = {}
+    for j in range(nr):
+        d = int(tab[first + j])
+        if not d or not arch.is_present(d) or arch.pfn(d) == k.zero_pfn:
+            phys.zero(folio.pfn + j)                      # clear_user_highpage
+            zero += 1
+            continue
+        pfn = arch.pfn(d)
+        phys.copy(folio.pfn + j, pfn)                     # copy_mc_user_highpage
+        f = k.folio_of_pfn(pfn)
+        if f is not None:
+            unmap.setdefault(f.pfn, []).append(pfn - f.pfn)
+    tab[first:first + nr] = 0                             # ptep_clear on the detached table
+    for head, pages in unmap.items():
+        f = k.folios[head]
+        for p in pages:
+            k.folio_remove_rmap_ptes(f, mm, p)
+    return zero
+
+
+def install_pmd(k: Any, mm: Any, vma: VMA, pmd_addr: int, folio: Any, saved: dict) -> None:
+    """Map the new PMD-order folio; the old table is deposited for a later split."""
+    store, slot = k.physmem.pgtables, saved["slot"]
+    assert store.read(*slot) == 0
+    old = mm.deposit.get(pmd_addr)
+    if old is not None:
+        k.pt.free_table(mm, old, pte_level=True)
+    mm.deposit[pmd_addr] = saved["table"]                 # pgtable_trans_huge_deposit
+    w = bool(vma.flags & VM_WRITE)
+    k.pt.set_pmd(mm, pmd_addr, k.arch.mk_pmd_leaf(folio.pfn, vm_prot(vma.flags),
+                                                  young=True, dirty=w))
+    k.folio_add_rmap_pmd(folio, mm)
+    vma.anon_vma = True
+
+
+def install_ptes(k: Any, mm: Any, vma: VMA, addr: int, folio: Any, order: int,
+                 saved: dict) -> None:
+    """Put the same table back, then set_ptes() the new mTHP folio into it."""
+    pmd_populate(k, saved)
+    w = bool(vma.flags & VM_WRITE)
+    desc = k.arch.mk_pte(folio.pfn, vm_prot(vma.flags), young=True, dirty=w)
+    k.pt.set_ptes(mm, addr, desc, 1 << order)             # PTE_CONT where arm64 allows
+    k.folio_add_rmap_ptes(folio, mm, 0, 1 << order)
+    vma.anon_vma = True
