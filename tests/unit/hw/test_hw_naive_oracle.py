@@ -14,6 +14,7 @@ tables (A/D and AF/DBM updates written by the walkers).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -46,6 +47,8 @@ CHECK_EVERY = 50
 SEEDS = (1, 2, 3)
 
 DENSE = BASE                      # 64 PTEs: 4 aligned groups of 16 (contpte / coalescing)
+WIDE = BASE + 32 * MB             # 96 PTEs 20 KiB apart: many sets, no 16K/64K groups
+STRIDE = BASE + 48 * MB           # 16 PTEs 64 KiB apart: one set of 16-set L1s, not of L2s
 SPARSE = BASE + 64 * MB           # PTEs 1 MiB apart: all in one set of most arrays
 HUGE = BASE + 256 * MB            # 2 MiB leaves 16 MiB apart: one set of the 8-set 2M arrays
 THP = BASE + 512 * MB             # a PTE table that collapses to a 2 MiB leaf and splits back
@@ -204,12 +207,17 @@ class Trace:
         frame = 0x10000 * asid
         for g in range(4):                        # dense groups: alike, or perturbed
             prot, cont = self._prot(), self.arm and self._bool(0.7)
+            skew = 0 if self._bool(0.75) else 1 + 2 * int(self.rng.integers(2))  # unaligned
             for i in range(16):
-                pfn = frame + 16 * g + i
+                pfn = frame + 64 * g + i + skew
                 if self._bool(0.05):
                     pfn += 1                      # breaks the group: 4 KiB entries only
                 p = prot if not self._bool(0.05) else self._prot()
                 self._map(asid, DENSE + (16 * g + i) * 4 * KB, 3, pfn, p, cont)
+        for i in range(96):
+            self._map(asid, WIDE + i * 20 * KB, 3, frame + 0x800 + 5 * i, self._prot())
+        for i in range(16):
+            self._map(asid, STRIDE + i * 64 * KB, 3, frame + 0x700 + 3 * i, self._prot())
         for i in range(64):
             self._map(asid, SPARSE + i * MB, 3, frame + 0x100 + 7 * i, self._prot())
         for k in range(12):
@@ -220,8 +228,9 @@ class Trace:
             self._map(asid, va, 3, frame + 0x3000 + i, self._prot())
         if first:   # access pools with weights: mostly the dense and the set-conflicting pages
             self.pools = [
-                (0.40, [DENSE + i * 4 * KB for i in range(64)]),
-                (0.15, [SPARSE + i * MB for i in range(10)]),   # L1 sets thrash, L2 holds
+                (0.25, [DENSE + i * 4 * KB for i in range(64)]),
+                (0.15, [WIDE + i * 20 * KB for i in range(96)]),
+                (0.10, [STRIDE + i * 64 * KB for i in range(16)]),   # L1 sets thrash, L2 holds
                 (0.10, [SPARSE + i * MB for i in range(64)]),
                 (0.13, [HUGE + k * 16 * MB + j * 4 * KB for k in range(12) for j in (0, 1, 17)]),
                 (0.10, [THP + j * 4 * KB for j in range(16)]),
@@ -457,7 +466,7 @@ class Trace:
         return f"{op} cpu {cpu} asid {asid} va {va:#x}"
 
 
-def run_trace(arch_name: str, profile_name: str, seed: int, ops: int = OPS) -> None:
+def run_trace(arch_name: str, profile_name: str, seed: int, ops: int = OPS) -> Twin:
     tw = Twin(arch_name, _profile(profile_name))
     tr = Trace(tw, np.random.default_rng(seed))
     check_state(tw, "layout")
@@ -469,9 +478,26 @@ def run_trace(arch_name: str, profile_name: str, seed: int, ops: int = OPS) -> N
         if i % CHECK_EVERY == CHECK_EVERY - 1:
             check_state(tw, where)
     check_state(tw, "end")
+    return tw
+
+
+def assert_trace_was_hard(tw: Twin) -> None:
+    """The trace reached the paths worth diffing (guards against a generator gone soft)."""
+    n = sum((c.n for c in tw.naive.cpus), start=Counter())
+    assert sum(n["l2_hit", k] for k in range(3)) > 0, "no L2 hits"
+    assert all(n["psc_hit", lvl] > 0 for lvl in range(3)), "a walk cache never hit"
+    assert len({z for (*_, z) in (k for k in n if k[0] == "walk")}) >= 3, "few page sizes"
+    assert n["faults"] > 0 and n["assist"] + n["rewalk"] > 0
+    tlbs = [t for c in tw.naive.cpus for t in c.tlbs]
+    assert any(t.evictions for t in tlbs if t.spec.level == 1 and t.spec.side != "instr") \
+        and any(t.evictions for t in tlbs if t.spec.level == 2), "no evictions"
+    assert any(w.evictions for c in tw.naive.cpus for w in c.pscs.values()), \
+        "no walk-cache evictions"
+    if tw.arch.name == "arm64" or tw.hw.profile.coalesce:
+        assert n["coal"] > 0, "no contiguous / coalesced fill"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("arch_name", "profile_name"), _cases())
 def test_numba_matches_naive(arch_name: str, profile_name: str, seed: int) -> None:
-    run_trace(arch_name, profile_name, seed)
+    assert_trace_was_hard(run_trace(arch_name, profile_name, seed))
