@@ -129,7 +129,7 @@ def replay(tmp_path: Path, name: str, *opts: str) -> dict[str, Any]:
 
     key = (name, *opts)
     if key not in _RESULTS:
-        out = tmp_path / f"{name}.json"
+        out = tmp_path / f"{name}-{len(_RESULTS)}.json"
         assert main(["replay", "-q", "--json", str(out), trace(name), *opts]) == 0
         _RESULTS[key] = json.loads(out.read_text())
     return _RESULTS[key]
