@@ -19,7 +19,10 @@ def test_everything_written_reaches_a_pipe(buffered_env):
     p = subprocess.run([*EMU, "profiles"], capture_output=True, text=True, env=buffered_env)
     assert p.returncode == 0
     lines = p.stdout.splitlines()
-    assert len(lines) >= 7 and lines[-1].strip()      # seven bundled profiles, last one whole
+    # One line per bundled profile (emu/arch/data), the last one whole.
+    from emu.arch.profile import list_profiles
+    bundled = sum(len(list_profiles(arch)) for arch in ("x86_64", "arm64"))
+    assert len(lines) == bundled == 7 and lines[-1].strip()
     assert {ln.split()[0] for ln in lines} == {"x86_64", "arm64"}
 
 

@@ -1,0 +1,1 @@
+"""tests/unit: this directory is on sys.path, so tests import the shared `recordings`."""
