@@ -50,6 +50,10 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             add("   per CPU: " + ", ".join(keys))
             for cpu, c in tlb["per_cpu"].items():
                 add(f"   cpu {cpu:>3}: " + "  ".join(f"{c.get(k, 0):>12,}" for k in keys))
+        utlb = tlb.get("utlb") or {}
+        if utlb.get("entries"):
+            add(f"{_n(utlb['hits'])}      micro-TLB hits (--utlb {utlb['entries']}: counted as"
+                " TLB accesses without a lookup)")
         if tlb["unresolved_faults"]:
             add(f"{_n(tlb['unresolved_faults'])}      accesses the model could not map")
     kern = result.get("kernel")
