@@ -30,15 +30,37 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         " sysfs would: thp=MODE, mthp=SIZES or a khugepaged knob, e.g."
                         " 2:thp=always, 2:mthp=64K=always, 2:max_ptes_none=0 (repeatable)")
     g.add_argument("--khugepaged", choices=["off", "default", "fast"], default="off",
-                   help="run khugepaged with kernel defaults or the fast preset")
+                   help="the khugepaged thread: off (the default; MADV_COLLAPSE still"
+                        " works), default (the kernel's settings) or fast (a preset that"
+                        " scans every 1 ms)")
     g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19")
     g.add_argument("--ns-per-insn", type=float, default=0.5,
                    help="simulated time per retired instruction")
     o = p.add_argument_group("output")
-    o.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    o.add_argument("--json", metavar="FILE",
+                   help="write the results as JSON to FILE, or to standard output with -")
     o.add_argument("--force", action="store_true", help="overwrite existing output files")
     o.add_argument("-v", "--verbose", action="store_true", help="list every syscall and VMA")
     o.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+
+
+def check_at_marks(specs: list[str]) -> None:
+    """The shape of each --at-mark ID:SETTING=VALUE, so a slip names what is missing.
+
+    The settings and values themselves are checked with the model's parsers.
+    """
+    for spec in specs:
+        mark, colon, setting = spec.partition(":")
+        name, eq, value = setting.partition("=")
+        if not colon or not mark.strip():
+            raise EmuError(f"--at-mark {spec}: give ID:SETTING=VALUE, e.g. 2:thp=always")
+        if not name:
+            raise EmuError(f"--at-mark {spec}: no setting after {mark}:"
+                           f" (e.g. {mark}:thp=always)")
+        if not eq or not value:
+            example = {"thp": "always", "mthp": "64K=always"}.get(name, "N")
+            raise EmuError(f"--at-mark {spec}: no value for {name}"
+                           f" (e.g. {mark}:{name}={example})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("replay", help="feed a recorded trace through the model")
     rep.add_argument("trace")
+    rep.add_argument("--partial", action="store_true",
+                     help="replay a recording that was cut short up to its last intact"
+                          " chunk (refused otherwise)")
     _model_args(rep)
 
     sub.add_parser("profiles", help="list the TLB profiles")
@@ -79,6 +104,7 @@ def model_args(**overrides: Any) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_at_marks(getattr(args, "at_mark", []))
         from emu import session
         return session.dispatch(args)
     except EmuError as e:

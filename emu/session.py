@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from emu.errors import EmuError
 from emu.guest.elf import ElfInfo, Segment, inspect_elf
+from emu.interrupt import Interrupt
 
 if TYPE_CHECKING:
     from emu.machine import Machine
@@ -232,22 +233,35 @@ class _Progress:
         sys.stderr.flush()
 
 
-def consume(machine: Machine, batches: Iterable[Batch], progress: _Progress) -> None:
-    for batch in batches:
-        machine.feed(batch)
-        progress.update(machine)
+def consume(machine: Machine, batches: Iterable[Batch], progress: _Progress,
+            stop: Interrupt | None = None) -> None:
+    """Feed every batch to the machine, or those before a requested stop."""
+    try:
+        for batch in batches:
+            machine.feed(batch)
+            progress.update(machine)
+            if stop is not None and stop.requested:
+                break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()      # the reader thread, the recording: ended now, not at GC
     machine.finish()
     progress.update(machine, done=True)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
+    if getattr(args, "record", None) == "-":
+        raise EmuError("--record -: give a file name (a recording is binary)")
     for path in (getattr(args, "json", None), getattr(args, "record", None)):
-        if path and os.path.exists(path) and not args.force:
+        if path and path != "-" and os.path.exists(path) and not args.force:
             raise EmuError(f"{path}: already exists (use --force to overwrite)")
 
 
 def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    if args.json:
+    if args.json == "-":
+        sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    elif args.json:
         try:
             Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         except OSError as e:
@@ -261,22 +275,25 @@ def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emu.guest.qemu import GuestRun
+    from emu.guest.qemu import GuestRun, check_program, resolve_binary
 
     if args.args[:1] == ["--"]:      # `emu run BINARY -- ARGS` on older argparse
         args.args = args.args[1:]
     _check_outputs(args)
     if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
         raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")
+    args.binary = resolve_binary(args.binary)
     elf = inspect_elf(args.binary)
+    sysroot = check_program(args.binary, elf.arch, elf.interp, args.sysroot)
     plan = plan_model(elf.arch, args)
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
             "elf": _elf_meta(elf), "utlb": args.utlb}
     plugin_args = [f"utlb={args.utlb}"] if args.utlb else []
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
-    with GuestRun(args.binary, args.args, arch=elf.arch, sysroot=args.sysroot,
-                  plugin_args=plugin_args) as guest:
+    with Interrupt() as stop, GuestRun(args.binary, args.args, arch=elf.arch,
+                                        sysroot=sysroot, plugin_args=plugin_args) as guest:
+        stop.on_interrupt = guest.kill_nowait
         try:
             # The guest runs while the model loads (numba, page tables, TLB
             # arrays): the stream's first events wait in memory meanwhile.
@@ -285,11 +302,14 @@ def run(args: argparse.Namespace) -> int:
             machine = build_machine(elf.arch, elf, plan)
             batches = iter_batches(guest.stream, record=args.record, force=args.force,
                                    meta=meta)
-            consume(machine, batches, progress)
+            consume(machine, batches, progress, stop)
         except BaseException:
             guest.kill()
             raise
         status = guest.wait()
+        if not machine.nr_events and status and not stop.requested:
+            # QEMU refused the program before running any of it, and said why above.
+            raise EmuError(f"{guest.qemu} could not run {args.binary} (exit {status})")
         lost = getattr(guest.stream, "unfinished", 0)
         if lost:
             print(f"emu: warning: the stream ends in {lost} bytes that guest processes "
@@ -298,8 +318,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
+    _finish_result(result, args, stop)
     _write_outputs(args, result)
-    return status
+    return 130 if stop.requested else status
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -318,9 +339,27 @@ def replay(args: argparse.Namespace) -> int:
     args.utlb = int(meta.get("utlb", 0))
     machine = build_machine(arch, elf, args)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
-    consume(machine, iter_batches(args.trace), progress)
+    cut: list[str] = []
+    with Interrupt() as stop:
+        consume(machine, iter_batches(args.trace, partial=args.partial, warn=cut.append),
+                progress, stop)
+    for warning in cut:
+        print(f"emu: warning: {warning}", file=sys.stderr)
     statuses = [p.exit_status for p in sorted(machine.processes.values(), key=lambda p: p.pid)]
     from emu.report.result import build_result
     result = build_result(machine, argv[0], argv, statuses[0] if statuses else None)
+    _finish_result(result, args, stop, cut=bool(cut))
     _write_outputs(args, result)
-    return 0
+    return 130 if stop.requested else 0
+
+
+def _finish_result(result: dict[str, Any], args: argparse.Namespace, stop: Interrupt,
+                   cut: bool = False) -> None:
+    """What the run's options add to the result: partial runs, --at-mark outcomes."""
+    from emu.report.result import at_mark_report
+
+    result["partial"] = stop.requested or cut
+    if result["partial"]:
+        result["partial_reason"] = "interrupted" if stop.requested else "truncated recording"
+    if args.at_mark:
+        result["at_mark"] = at_mark_report(args.at_mark, result["markers"])

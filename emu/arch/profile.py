@@ -108,12 +108,25 @@ def _check_geometry(where: str, entries: int, ways: int) -> None:
         raise EmuError(f"{where}: {sets} sets; the model needs a power of two")
 
 
+def _bundled(name: str) -> Path | None:
+    """The bundled profile file for name, with `-` and `_` taken as the same.
+
+    Users write core names both ways (neoverse-n1, generic_x86_64) and the
+    files use one spelling each.
+    """
+    key = name.replace("_", "-")
+    for path in sorted(PROFILE_DIR.glob("*.toml")):
+        if path.stem.replace("_", "-") == key:
+            return path
+    return None
+
+
 def load_profile(name_or_path: str) -> Profile:
     """A bundled profile by name, or a TOML file by path; bad input raises EmuError."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = PROFILE_DIR / f"{name_or_path}.toml"
-        if not path.exists():
+        path = _bundled(name_or_path)
+        if path is None:
             raise EmuError(f"unknown TLB profile {name_or_path!r} "
                            f"(bundled: {', '.join(list_profiles())})")
     raw = _read(path)

@@ -44,6 +44,58 @@ def find_qemu(arch: str) -> str:
     return path
 
 
+def resolve_binary(name: str) -> str:
+    """The program a shell would run for `name`: a bare name is looked up on PATH.
+
+    `./x` and other paths (anything with a slash) are taken as given, so a
+    file in the current directory is run only when the user says so.
+    """
+    if "/" in name:
+        return name
+    found = shutil.which(name)
+    if found is None:
+        hint = f" (give ./{name} for the file here)" if os.path.exists(name) else ""
+        raise EmuError(f"{name}: command not found on PATH{hint}")
+    return found
+
+
+def check_program(binary: str, arch: str, interp: str | None,
+                  sysroot: str | None) -> str:
+    """The sysroot QEMU will use, after checking what QEMU would refuse.
+
+    QEMU reports these cases late and obscurely (or silently, with exit 1 or
+    255 and a summary of nothing), so emu checks them before starting it:
+    the binary must be executable, the sysroot must exist, and a dynamic
+    program's interpreter (PT_INTERP, looked up under the sysroot as QEMU's
+    -L does) must be an ELF for the same architecture.
+    """
+    from emu.guest.elf import inspect_elf
+
+    arch = normalize_arch(arch)
+    if not os.access(binary, os.X_OK):
+        raise EmuError(f"{binary}: not executable (chmod +x {binary})")
+    root = sysroot or DEFAULT_SYSROOTS[arch]
+    if not os.path.isdir(root):
+        what = "--sysroot" if sysroot else f"the default {arch} sysroot"
+        raise EmuError(f"{what} {root}: no such directory")
+    if interp is None:
+        return root
+    path = os.path.join(root, interp.lstrip("/"))
+    if not os.path.exists(path):
+        hint = ("give --sysroot DIR" if sysroot is None else "is it the right sysroot?")
+        raise EmuError(f"{binary}: its interpreter {interp} is not in sysroot {root} "
+                       f"(no {path}; {hint})")
+    try:
+        info = inspect_elf(path)
+    except EmuError as e:
+        raise EmuError(f"{binary}: interpreter {path} cannot be loaded: "
+                       f"{str(e).removeprefix(path + ': ')}") from None
+    if info.arch != arch:
+        raise EmuError(f"{binary}: interpreter {path} is for {info.arch}, the program "
+                       f"for {arch} (wrong --sysroot?)")
+    return root
+
+
 def find_plugin() -> str:
     """build/libemu.so of this checkout, or $EMU_PLUGIN; EmuError if missing."""
     path = Path(os.environ.get("EMU_PLUGIN") or REPO / "build" / "libemu.so")
@@ -204,6 +256,14 @@ class GuestRun:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+    def kill_nowait(self) -> None:
+        """SIGKILL QEMU without reaping it: safe in a signal handler (wait() takes a lock)."""
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         self.kill()

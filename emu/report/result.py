@@ -1,6 +1,6 @@
 """Gather what the machine and models counted into one JSON-ready dict.
 
-The schema is documented in docs/json-schema.md; keys only ever get added.
+The schema is documented in docs/usage.md; keys only ever get added.
 """
 
 from __future__ import annotations
@@ -84,6 +84,25 @@ def build_result(machine: Any, binary: str, argv: list[str],
         }
     if machine.collapse_log is not None:
         result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
+        # Whether the thread ran (--khugepaged); MADV_COLLAPSE works either way.
+        result["khugepaged"]["thread"] = bool(machine.options.khugepaged)
         result["khugepaged"]["guest_stalls"] = {"count": machine.collapse_stalls,
                                                 "total_ns": int(machine.collapse_stall_ns)}
     return result
+
+
+def at_mark_report(specs: list[str], markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each --at-mark ID:SETTING with the emu_mark(ID) calls that applied it.
+
+    A mark the guest never reached applied nothing; the summary warns, since
+    the run then modelled other settings than the user asked for.
+    """
+    out = []
+    for spec in specs:
+        mark, _, setting = spec.partition(":")
+        mark_id = int(mark, 0)
+        seen = [m for m in markers if m["id"] == mark_id]
+        out.append({"id": mark_id, "setting": setting, "applied": len(seen),
+                    "first": ({"pid": seen[0]["pid"], "vcpu": seen[0]["vcpu"],
+                               "instructions": seen[0]["instructions"]} if seen else None)})
+    return out

@@ -12,7 +12,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -90,11 +90,14 @@ class _ZstdSource:
     lacks it, and damage zstd would decode without complaint fails the CRC.
     """
 
-    def __init__(self, f: BinaryIO, name: str, base: int):
+    def __init__(self, f: BinaryIO, name: str, base: int, partial: bool = False):
         self._f, self._name, self._fpos, self._base = f, name, base, base
         self._d = zstandard.ZstdDecompressor().decompressobj()
         self._pending = b""
         self._crc = 0
+        # Set when a recording without its end record is read anyway (partial):
+        # a message saying where it was cut.
+        self.cut: str | None = None
         size = f.seek(0, os.SEEK_END)
         end_at = size - FILE_END.itemsize
         raw = b""
@@ -102,8 +105,15 @@ class _ZstdSource:
             f.seek(end_at)
             raw = f.read(FILE_END.itemsize)
         if len(raw) != FILE_END.itemsize or not raw.startswith(END_MAGIC):
+            if partial:
+                self.cut = f"{name}: truncated at file byte {size} (no end record)"
+                self._frame_crc = None
+                self._left = size - base
+                f.seek(base)
+                return
             raise TraceError(f"{name}: truncated at file byte {size} (no end record; "
-                             "the recording was cut short)")
+                             "the recording was cut short: `emu replay --partial` replays "
+                             "what it holds)")
         end = np.frombuffer(raw, dtype=FILE_END)[0]
         if int(end["frame_len"]) != end_at - base or int(end["zero"]):
             raise TraceError(f"{name}: corrupt end record at file byte {end_at} "
@@ -125,9 +135,13 @@ class _ZstdSource:
                                  "(compressed stream ends early)")
             self._left -= len(block)
             self._crc = zlib.crc32(block, self._crc)
+            if self.cut is not None and self._d.eof:
+                return 0      # a partial end record after a whole frame
             try:
                 self._pending = self._d.decompress(block)
             except zstandard.ZstdError as e:
+                if self.cut is not None:
+                    return 0  # the cut tail: what came before it stands
                 raise TraceError(f"{self._name}: corrupt compressed data detected at file byte "
                                  f"{self._fpos + len(block)} ({e})") from None
             self._fpos += len(block)
@@ -137,6 +151,8 @@ class _ZstdSource:
         return n
 
     def _check_end(self) -> None:
+        if self.cut is not None:
+            return
         if self._crc != self._frame_crc:
             raise TraceError(f"{self._name}: corrupt compressed data from file byte "
                              f"{self._base} to {self._fpos} (CRC mismatch)")
@@ -178,6 +194,7 @@ class _Decoder:
         self.start = self.end = 0  # bytes; start is always a chunk boundary
         self.base = 0              # stream offset of buf[0]
         self.last_seq: dict[int, int] = {}
+        self.cut_chunk: int | None = None   # stream offset of a dropped partial chunk
         self._new_batch()
 
     def _new_batch(self) -> None:
@@ -221,8 +238,11 @@ class _Decoder:
                 return
             yield self._take()
 
-    def finish(self) -> Iterator[Batch]:
-        if self.end != self.start:
+    def finish(self, partial: bool = False) -> Iterator[Batch]:
+        """The last batch; a partial chunk at the end is an error unless partial."""
+        if self.end != self.start and partial:
+            self.cut_chunk = self.base + self.start
+        elif self.end != self.start:
             raise TraceError(f"{self.name}: truncated chunk at stream byte "
                              f"{self.base + self.start} ({self.end - self.start} bytes left)")
         if self.chunks:
@@ -253,21 +273,24 @@ class _Decoder:
 
 
 def _produce(src, name: str, is_rec: bool, recorder, batch_chunks: int,
-             put) -> None:
+             put, partial: bool = False, warn=None) -> None:
     """Read, record and decode the whole stream, handing batches to `put`."""
-    for b in _sync_batches(src, name, is_rec, recorder, batch_chunks):
+    for b in _sync_batches(src, name, is_rec, recorder, batch_chunks, partial, warn):
         put(b)
 
 
 def iter_batches(source, *, record: str | os.PathLike | None = None, force: bool = False,
                  meta: dict | None = None, background: bool = True,
-                 batch_chunks: int = BATCH_CHUNKS) -> Iterator[Batch]:
+                 batch_chunks: int = BATCH_CHUNKS, partial: bool = False,
+                 warn: Callable[[str], None] | None = None) -> Iterator[Batch]:
     """Yield Batches from a live FIFO, a raw chunk file, a recording, or a file object.
 
     record: also write the raw bytes, zstd-compressed, to this recording
     (refused if it exists unless force).  background: read and decode in a
     thread with a bounded queue so the caller's model runs in parallel.
-    Damage raises TraceError naming the byte offset.
+    Damage raises TraceError naming the byte offset.  partial: a recording
+    cut short (no end record) yields its whole chunks and calls warn with
+    one line saying where it ends, instead of raising.
     """
     from emu.trace.writer import Recorder  # local: writer imports reader's names
 
@@ -281,9 +304,10 @@ def iter_batches(source, *, record: str | os.PathLike | None = None, force: bool
     owns = src is not source
     try:
         if not background:
-            yield from _sync_batches(src, name, is_rec, recorder, batch_chunks)
+            yield from _sync_batches(src, name, is_rec, recorder, batch_chunks, partial, warn)
         else:
-            yield from _threaded_batches(src, name, is_rec, recorder, batch_chunks)
+            yield from _threaded_batches(src, name, is_rec, recorder, batch_chunks, partial,
+                                         warn)
     finally:
         if recorder is not None:
             recorder.close()
@@ -291,11 +315,13 @@ def iter_batches(source, *, record: str | os.PathLike | None = None, force: bool
             src.close()
 
 
-def _sync_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Batch]:
+def _sync_batches(src, name, is_rec, recorder, batch_chunks, partial=False,
+                  warn=None) -> Iterator[Batch]:
     reader = src
+    zsrc = None
     if is_rec:
         _read_file_header(src, name)
-        reader = _ZstdSource(src, name, src.tell())
+        reader = zsrc = _ZstdSource(src, name, src.tell(), partial=partial)
     dec = _Decoder(name, batch_chunks)
     eof = False
     while not eof:
@@ -318,13 +344,20 @@ def _sync_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Batch]:
         if recorder is not None:
             recorder.write(mv[:got])
         yield from dec.feed(got)
-    yield from dec.finish()
+    cut = zsrc is not None and zsrc.cut is not None
+    yield from dec.finish(partial=cut)
+    if cut and warn is not None:
+        dropped = (f", a partial chunk at stream byte {dec.cut_chunk} dropped"
+                   if dec.cut_chunk is not None else "")
+        warn(f"{zsrc.cut}; replayed the {dec.base + dec.start:,} stream bytes before the"
+             f" cut{dropped}: the rest of the run is missing")
 
 
 _END = object()
 
 
-def _threaded_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Batch]:
+def _threaded_batches(src, name, is_rec, recorder, batch_chunks, partial=False,
+                      warn=None) -> Iterator[Batch]:
     q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     stop = threading.Event()
 
@@ -339,7 +372,7 @@ def _threaded_batches(src, name, is_rec, recorder, batch_chunks) -> Iterator[Bat
 
     def run() -> None:
         try:
-            _produce(src, name, is_rec, recorder, batch_chunks, put)
+            _produce(src, name, is_rec, recorder, batch_chunks, put, partial, warn)
             put(_END)
         except _Stopped:
             pass
