@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     outcome = driver.Outcome()
     interrupted = False
     if todo:
-        bar = None if args.quiet else driver.progress_bar(len(todo))
+        bar = None if args.quiet else driver.progress_bar()
         try:
             with driver.dask_client(args.scheduler, args.workers) as client:
                 if bar is None:

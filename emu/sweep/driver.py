@@ -102,7 +102,7 @@ def run_cells(client: Any, cells: list[Cell], store: CellStore, *, retries: int,
     return outcome
 
 
-def progress_bar(total: int) -> Any:
+def progress_bar() -> Any:
     """A rich progress bar on a terminal; None (silent) otherwise."""
     if not sys.stderr.isatty():
         return None
