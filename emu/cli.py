@@ -88,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(rep)
 
     sub.add_parser("profiles", help="list the TLB profiles")
+
+    sw = sub.add_parser("sweep", help="replay recordings × configurations on Dask (docs/sweeps.md)")
+    sw.add_argument("grid", metavar="GRID.toml")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                    help="an existing Dask scheduler (default: a LocalCluster on this machine)")
+    sw.add_argument("--workers", type=int, metavar="N",
+                    help="LocalCluster worker processes (default: one per core)")
+    sw.add_argument("--send", action="store_true",
+                    help="send each recording to every worker once (no shared filesystem)")
+    sw.add_argument("--output", metavar="DIR", help="results folder (default: the grid's)")
+    sw.add_argument("--table", metavar="FILE", help="the table, .parquet or .csv")
+    sw.add_argument("--retries", type=int, metavar="N", help="retries of a failing cell")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
     return p
 
 
@@ -104,6 +117,9 @@ def model_args(**overrides: Any) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.cmd == "sweep":
+            from emu import sweep
+            return sweep.main(args)
         check_at_marks(getattr(args, "at_mark", []))
         from emu import session
         return session.dispatch(args)
