@@ -1,7 +1,8 @@
 """One cell on a worker: `emu replay` of a recording with the cell's flags, as data.
 
-The replay goes through emu's own command (emu.cli.main with --json), so a cell
-equals a serial `emu replay` by construction; running it inside the worker
+The replay goes through emu's own parser and session (emu.options, then
+emu.session.dispatch with --json), so a cell equals a serial `emu replay` by
+construction; running it inside the worker
 process rather than as a subprocess keeps numba's compiled code warm from one
 cell to the next (a fresh process spends about a second loading it).
 """
@@ -23,7 +24,7 @@ from typing import Any
 # Scalars under these paths are per-CPU or per-call detail, not a cell's numbers.
 SKIP_PREFIXES = ("tlb.per_cpu.",)
 
-# emu.cli.main reports on the process's sys.stderr: one replay at a time per process
+# A replay reports on the process's sys.stderr: one replay at a time per process
 # (the model holds the GIL, so more threads would not run faster anyway).
 _LOCK = threading.Lock()
 
@@ -66,7 +67,9 @@ def run_cell(flags: list[str], recording: str | bytes, sha: str,
     `recording` is a path the worker can read (shared filesystem) or the
     recording's bytes (sent to the worker once, see driver.py).
     """
-    from emu.cli import main
+    from emu import session
+    from emu.errors import EmuError
+    from emu.options import build_parser, check_at_marks
 
     path = recording if isinstance(recording, str) else _local_copy(recording, sha)
     with _LOCK, tempfile.TemporaryDirectory(prefix="emu-cell-") as tmp:
@@ -79,8 +82,15 @@ def run_cell(flags: list[str], recording: str | bytes, sha: str,
         out = Path(tmp) / "result.json"
         err = io.StringIO()
         t0 = time.perf_counter()
+        args = build_parser().parse_args(["replay", "-q", "--force", "--json", str(out),
+                                          *flags, path])
+        status = None
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            status = main(["replay", "-q", "--force", "--json", str(out), *flags, path])
+            try:                  # what `emu replay` does, in this worker process
+                check_at_marks(args.at_mark)
+                status = session.dispatch(args)
+            except EmuError as e:
+                raise CellError(str(e)) from None
         seconds = time.perf_counter() - t0
         if not out.exists():
             lines = err.getvalue().strip().splitlines()

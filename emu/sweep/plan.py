@@ -52,7 +52,7 @@ def workload_arch(w: Workload) -> str:
 
 def check_configs(grid: Grid, arches: set[str]) -> None:
     """Every configuration through the model's own option checks, on every arch it meets."""
-    from emu.cli import build_parser
+    from emu.options import build_parser
     from emu.session import plan_model
 
     parser = build_parser()
