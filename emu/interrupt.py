@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ class Interrupt:
 
     The first SIGINT kills the guest (`on_interrupt`) and sets `requested`;
     the model finishes the batch it is in, so its state stays whole. A
-    second SIGINT aborts at once (KeyboardInterrupt, no summary).
+    second SIGINT aborts at once (KeyboardInterrupt, no summary).  Only the main
+    thread can take signals: elsewhere (a sweep's worker thread) it does nothing.
     """
 
     def __init__(self) -> None:
@@ -28,8 +30,11 @@ class Interrupt:
             self.on_interrupt()
 
     def __enter__(self) -> Interrupt:
-        self._old = signal.signal(signal.SIGINT, self._handler)
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
