@@ -32,7 +32,8 @@ import time
 import numpy as np
 
 from emu.arch.profile import list_profiles, load_profile
-from emu.session import _elf_from_meta, build_machine, model_args
+from emu.options import model_args
+from emu.session import _elf_from_meta, build_machine
 from emu.trace.reader import iter_batches, read_meta
 
 

@@ -27,7 +27,8 @@ def test_forker_shared_copied_reused(tmp_path, arch, mthp):
     from emu.guest.elf import inspect_elf
     from emu.guest.qemu import GuestRun
     from emu.guest.truth import parse_truth, range_pages
-    from emu.session import build_machine, model_args
+    from emu.options import model_args
+    from emu.session import build_machine
     from emu.trace.reader import iter_batches
 
     binary = REPO / "build" / "guest" / arch / "forker"

@@ -56,6 +56,8 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FIXED_NOREPLACE = 0x100000
+LONELY_ADDR = 1 << 45            # 32 TiB: far below the stack and libraries, above the heap
 
 
 def _anon_huge_kb(addr: int) -> int:
@@ -72,11 +74,15 @@ def _anon_huge_kb(addr: int) -> int:
 
 
 def _native(written, read, advice, length) -> tuple[int, bool]:
+    """The host's answer.  The mapping is placed far from every other mapping of the
+    interpreter: next to a neighbour that already has an anon_vma it would merge and
+    share it, and a range that was only read would then collapse, by chance of
+    placement (seen on 6.18)."""
     size = 2 * PMD
-    raw = _libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
-    assert raw not in (None, ctypes.c_void_p(-1).value)
+    raw = _libc.mmap(LONELY_ADDR, size, PROT_RW, MAP_PRIVATE_ANON | MAP_FIXED_NOREPLACE, -1, 0)
+    assert raw == LONELY_ADDR, "the lonely address is taken"
     try:
-        base = (raw + PMD - 1) & ~(PMD - 1)
+        base = raw
         if advice is not None:
             _libc.madvise(base, PMD, advice)
         for i in written:
