@@ -74,6 +74,8 @@ class Scenario:
         self.arch = self.kernel.arch
         self.thp = self.kernel.config
         self.procs: dict[int, Proc] = {}
+        # called as a selftest case enters its khugepaged context (mTHP variants)
+        self.before_khugepaged: list = []
         self.next_version = 0
         self.lost_reads = 0
         self._next_pid = 100

@@ -90,6 +90,8 @@ class Run:
         return self._madvise(p, nr)
 
     def _khugepaged(self, p: int, nr: int, expect: bool) -> Outcome:
+        for change in self.sim.before_khugepaged:    # settings a variant changes now
+            change()
         self.madvise(p, nr * HPAGE_PMD_SIZE, "MADV_HUGEPAGE")
         khugepaged = self.sim.khugepaged
         target = khugepaged.full_scans + 2

@@ -221,17 +221,12 @@ def test_mthp_pmd_disabled_existing_thp_is_not_split_into_mthp(arch, case):
     sim = st.selftest_kernel(arch=arch, mthp={4: "always"}, mib=st.COMPOUND_MIB)
     sim.set_size(4, "never")
 
-    def enable_64k_disable_pmd(*a, **kw):
+    def enable_64k_disable_pmd():
         sim.set_size(4, "always")
         sim.set_size(9, "never")
-        return orig(*a, **kw)
 
-    orig = st.Run._khugepaged
-    st.Run._khugepaged = enable_64k_disable_pmd
-    try:
-        out = case(sim, "khugepaged")
-    finally:
-        st.Run._khugepaged = orig
+    sim.before_khugepaged.append(enable_64k_disable_pmd)
+    out = case(sim, "khugepaged")
     assert 4 not in out.sizes
     mapped_huge = [e for e in sim.bus.named("mm_collapse_huge_page")
                    if e.args["status"] == "pte_mapped_hugepage"]
