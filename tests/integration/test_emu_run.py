@@ -9,21 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundled import EMU, REPO, guest
 
 from emu.guest.truth import page_checksum, parse_truth, range_pages
 
-REPO = Path(__file__).resolve().parents[2]
-EMU = [sys.executable, "-m", "emu.cli"]
 ARCHES = ["x86_64", "arm64"]
 
 pytestmark = pytest.mark.integration
-
-
-def guest(arch: str, name: str) -> str:
-    path = REPO / "build" / "guest" / arch / name
-    if not path.exists() or not (REPO / "build" / "libemu.so").exists():
-        pytest.skip(f"{path.relative_to(REPO)} or the plugin is not built (bash setup.sh)")
-    return str(path)
 
 
 def emu(*args: str, check: bool = True) -> subprocess.CompletedProcess:

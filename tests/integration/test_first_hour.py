@@ -7,23 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-EMU = [sys.executable, "-m", "emu.cli"]
+from bundled import EMU, REPO, guest
 
 pytestmark = pytest.mark.integration
-
-
-def guest(arch: str, name: str) -> str:
-    path = REPO / "build" / "guest" / arch / name
-    if not path.exists() or not (REPO / "build" / "libemu.so").exists():
-        pytest.skip(f"{path.relative_to(REPO)} or the plugin is not built (bash setup.sh)")
-    return str(path)
 
 
 def emu(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
