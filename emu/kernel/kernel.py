@@ -51,7 +51,8 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
 
     def __init__(self, arch_name: str, config: ThpConfig | None, hw, physmem: PhysMem,
                  fragment: float = 0.0, fragment_max_order: int = 0, seed: int = 0,
-                 khugepaged: KhugepagedKnobs | None = None, algo: str = "v19") -> None:
+                 khugepaged: KhugepagedKnobs | None = None, algo: str = "v19",
+                 strategy: str = "pmd") -> None:
         self.arch = get_arch(arch_name)
         self.bus = EventBus()
         self.config = config if config is not None else ThpConfig.kernel_defaults()
@@ -87,7 +88,8 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.huge_zero_pfn: int | None = None
         if fragment:
             self.buddy.fragment(fragment, fragment_max_order, seed)
-        self.khugepaged = Khugepaged(self, khugepaged, algo) if khugepaged is not None else None
+        self.khugepaged = (Khugepaged(self, khugepaged, algo, strategy)
+                           if khugepaged is not None else None)
 
     # ===== public views ===========================================================
 

@@ -30,6 +30,10 @@ class MM:
     brk: int = 0
     thp_disabled: bool = False      # prctl(PR_SET_THP_DISABLE) -> MMF_DISABLE_THP
     exited: bool = False
+    # Who holds mmap_lock across simulated time: None, "read" or "write" (a collapse in
+    # progress); with "write" the collapse also holds ``locked_vma``'s per-VMA lock.
+    mmap_lock: str | None = None
+    locked_vma: object = None
 
     @property
     def rss(self) -> int:

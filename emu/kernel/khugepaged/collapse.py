@@ -12,6 +12,7 @@ the set_ptes (contiguous on arm64 where the order allows).
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from emu.kernel.khugepaged.pte_info import (
     PTE_PRESENT,
     PTE_SWAP,
     PTE_ZERO,
-    decode_table,
+    decode_entries,
     pmd_kind,
     read_ptes,
 )
@@ -42,6 +43,9 @@ from emu.kernel.vma import VM_WRITE, VMA, vm_prot
 
 S = ScanResult
 PMD_MASK = ~(PMD_SIZE - 1)
+COLLAPSE_STRATEGIES = ("pmd", "pte", "unsafe-noflush")
+# A collapse as steps: yields the simulated time its next step begins, returns a result.
+Steps = Generator[int, None, ScanResult]
 KHUGEPAGED_MIN_MTHP_ORDER = 2
 
 MTHP_NONE_WARNING = ("mTHP collapse does not support max_ptes_none values other than "
@@ -71,6 +75,13 @@ class CollapseControl:
     # PTE young bits it counted, so a page untouched since the last visit counts as
     # not referenced next time.  The kernel's scan itself only tests (docs/khugepaged.md).
     clear_young: bool = False
+    # How the collapse stops the other walkers (--collapse-strategy): "pmd" clears and
+    # flushes the whole PMD (upstream); "pte" clears and flushes only the target PTEs,
+    # keeping their values to restore; "unsafe-noflush" clears the PMD without any
+    # flush, to prove the integrity oracle.
+    strategy: str = "pmd"
+    # Failure injection (tests): "isolate" fails the isolate step, "copy" the copy.
+    fail_at: str | None = None
 
     def step(self, ns: int) -> None:
         self.now_ns += int(ns)
@@ -258,6 +269,8 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
             referenced += 1
     if result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
         result = S.SCAN_LACK_REFERENCED_PAGE
+    if result is S.SCAN_SUCCEED and cc.fail_at == "isolate":
+        result = S.SCAN_DEL_PAGE_LRU                      # injected: isolation fails
     if result is not S.SCAN_SUCCEED:
         isolated = []                     # putback: no LRU is modelled
     cc.bus.publish("mm_collapse_huge_page_isolate", cc.now_ns, none_or_zero=none_or_zero,
@@ -280,19 +293,33 @@ class CollapseAttempt:
     steps: list[tuple[str, int]] = field(default_factory=list)
     zero_filled: int = 0
     flush_ns: int = 0
+    strategy: str = "pmd"
+    cleared: tuple[int, int] = (0, 0)      # the VA range whose entries were cleared
 
 
-def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int,
-                       unmapped: int, cc: CollapseControl, order: int) -> ScanResult:
-    """Collapse [address, address + 4K << order) into one new folio of that order."""
-    att = CollapseAttempt(mm, address, order, t_start_ns=cc.now_ns)
+def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped: int,
+                       cc: CollapseControl, order: int) -> Steps:
+    """Collapse [address, address + 4K << order) into one new folio of that order.
+
+    A generator of steps on the simulated clock: it yields the time its next step
+    begins and is resumed when the machine's clock gets there, so guest accesses
+    run between the steps and meet each state the page tables pass through (the
+    cleared PMD, or with the ``pte`` strategy the cleared PTEs).  Its value is
+    the ScanResult.
+    """
+    att = CollapseAttempt(mm, address, order, t_start_ns=cc.now_ns, strategy=cc.strategy)
     pmd_addr = address & PMD_MASK
+    first = (address - pmd_addr) >> PAGE_SHIFT
     nr = 1 << order
     costs = cc.costs
+    # PMD order replaces the table with a huge PMD, so it always detaches the table.
+    by_pte = cc.strategy == "pte" and order != PMD_ORDER
 
     def mark(name: str, t0: int) -> None:
         att.steps.append((name, cc.now_ns - t0))
 
+    mm.mmap_lock = None                                   # entered with mmap_lock dropped
+    yield cc.now_ns
     t = cc.now_ns
     result, folio = alloc_charge_folio(k, cc, order)
     mark("alloc", t)
@@ -300,49 +327,65 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int,
     saved = None
     isolated_ok = False
     if result is S.SCAN_SUCCEED:
+        yield cc.now_ns
         t = cc.now_ns
-        cc.step(costs.mmap_lock_ns)                       # mmap_read_lock
+        mm.mmap_lock = "read"                             # mmap_read_lock
+        cc.step(costs.mmap_lock_ns)
         result, vma = hugepage_vma_revalidate(k, mm, pmd_addr, True, cc, order)
         if result is S.SCAN_SUCCEED:
             result = find_pmd_or_thp_or_none(k, mm, pmd_addr)
         mark("revalidate", t)
     if result is S.SCAN_SUCCEED and unmapped:
+        yield cc.now_ns
         t = cc.now_ns
         result = collapse_huge_page_swapin(k, mm, vma, address, referenced, cc, order)
         mark("swapin", t)
     if result is S.SCAN_SUCCEED:
+        yield cc.now_ns
         t = cc.now_ns
         cc.step(2 * costs.mmap_lock_ns)                   # read unlock, write lock
         result, vma = hugepage_vma_revalidate(k, mm, pmd_addr, True, cc, order)
         if result is S.SCAN_SUCCEED:
             result = find_pmd_or_thp_or_none(k, mm, pmd_addr)   # check_pmd_still_valid
+        if result is S.SCAN_SUCCEED:
+            mm.mmap_lock, mm.locked_vma = "write", vma    # and vma_start_write()
         cc.step(costs.anon_vma_lock_ns)
         mark("mmap_write_lock", t)
     if result is S.SCAN_SUCCEED:
+        yield cc.now_ns
         t = cc.now_ns
         cc.step(costs.mmu_notifier_ns + costs.pmd_lock_ns)
-        saved, flush_ns = pmdp_collapse_flush(k, mm, pmd_addr)
+        if by_pte:
+            saved, flush_ns = ptep_collapse_flush(k, mm, address, nr, cc.strategy)
+        else:
+            saved, flush_ns = pmdp_collapse_flush(k, mm, pmd_addr, cc.strategy)
         att.flush_ns = flush_ns if flush_ns else costs.flush_fallback_ns
+        att.cleared = saved["cleared"]
         cc.step(att.flush_ns)
         cleared_at = t
-        mark("pmdp_collapse_flush", t)
+        mark("pte_clear_flush" if by_pte else "pmdp_collapse_flush", t)
+        yield cc.now_ns
         t = cc.now_ns
-        ptes = decode_table(k, saved["table"], (address - pmd_addr) >> PAGE_SHIFT, nr)
+        ptes = decode_entries(k, saved["entries"], first, nr)
         result, isolated = collapse_huge_page_isolate(k, mm, vma, address, ptes, cc, order)
         mark("isolate", t)
+        if result is S.SCAN_SUCCEED and cc.fail_at == "copy":
+            result = S.SCAN_COPY_MC                       # injected: a poisoned source page
         if result is not S.SCAN_SUCCEED:
+            yield cc.now_ns
             t = cc.now_ns
-            pmd_populate(k, saved)                       # rollback: the same table
+            restore(k, mm, saved)                         # rollback: every entry as it was
             cc.step(costs.rollback_ns)
             mark("rollback", t)
         else:
             isolated_ok = True
-            t = cc.now_ns
-            first = (address - pmd_addr) >> PAGE_SHIFT
+            yield cc.now_ns
+            t = cc.now_ns                                 # the sources as they are now
             att.zero_filled = collapse_copy(k, mm, saved, folio, first, nr)
             cc.step(costs.copy_page_ns * (nr - att.zero_filled)
                     + costs.zero_page_ns * att.zero_filled)
             mark("copy", t)
+            yield cc.now_ns
             t = cc.now_ns
             if order == PMD_ORDER:
                 install_pmd(k, mm, vma, pmd_addr, folio, saved)
@@ -355,11 +398,22 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int,
         cc.step(costs.mmap_lock_ns)                        # mmap_write_unlock
     if folio is not None:
         k.folio_free(folio)
+    mm.mmap_lock = mm.locked_vma = None
     att.result = result
     att.t_end_ns = cc.now_ns
     cc.bus.publish("mm_collapse_huge_page", cc.now_ns, mm=mm, isolated=isolated_ok,
                    status=result.status, order=order, address=address, attempt=att)
     return result
+
+
+def run_steps(steps: Steps) -> Any:
+    """Run a generator of steps to its end at once (a caller that holds the CPU:
+    MADV_COLLAPSE in the caller's context); its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def range_addr(pmd_addr: int, offset: int) -> int:
@@ -368,18 +422,46 @@ def range_addr(pmd_addr: int, offset: int) -> int:
 
 # ---------------------------------------------------------------- page-table work
 
-def pmdp_collapse_flush(k: Any, mm: Any, pmd_addr: int) -> tuple[dict, int]:
-    """Clear the PMD (detaching its PTE table) and flush the 2 MiB; (saved, cost_ns)."""
+def pmdp_collapse_flush(k: Any, mm: Any, pmd_addr: int,
+                        strategy: str = "pmd") -> tuple[dict, int]:
+    """Clear the PMD (detaching its PTE table) and flush the 2 MiB; (saved, cost_ns).
+
+    ``unsafe-noflush`` skips the flush: TLBs keep translations into the detached
+    table's pages, which is what the integrity oracle must catch."""
     store = k.physmem.pgtables
     slot = k.pt.pmd_slot(mm, pmd_addr)
     d = store.read(*slot)
     store.write(slot[0], slot[1], 0)                      # pmdp_huge_get_and_clear
     before = k.stats.vmstat.copy()
-    k._flush(mm, pmd_addr, pmd_addr + PMD_SIZE, PAGE_SHIFT, False)
+    if strategy != "unsafe-noflush":
+        k._flush(mm, pmd_addr, pmd_addr + PMD_SIZE, PAGE_SHIFT, False)
     k.stats.count_vm_event("emu_collapse_flush")
     delta = {n: v - before.get(n, 0) for n, v in k.stats.vmstat.items()
              if v != before.get(n, 0)}
-    return ({"slot": slot, "pmd": d, "table": k.arch.pfn(d), "flush": delta},
+    table = k.arch.pfn(d)
+    return ({"kind": "pmd", "slot": slot, "pmd": d, "table": table,
+             "entries": store.table(table), "cleared": (pmd_addr, pmd_addr + PMD_SIZE),
+             "flush": delta}, k.khugepaged.costs.flush_ns(delta))
+
+
+def ptep_collapse_flush(k: Any, mm: Any, address: int, nr: int,
+                        strategy: str) -> tuple[dict, int]:
+    """The ``pte`` strategy: get-and-clear only the target range's PTEs in the table
+    that stays attached, keeping every old value, and flush only that range."""
+    pmd_addr = address & PMD_MASK
+    first = (address - pmd_addr) >> PAGE_SHIFT
+    table = k.pt.pte_table(mm, pmd_addr)
+    old = [k.pt.clear_pte(mm, address + (j << PAGE_SHIFT)) for j in range(nr)]
+    entries = k.physmem.pgtables.table(table).copy()     # what isolate and copy read
+    entries[first:first + nr] = old
+    before = k.stats.vmstat.copy()
+    end = address + (nr << PAGE_SHIFT)
+    k._flush(mm, address, end, PAGE_SHIFT, True)
+    k.stats.count_vm_event("emu_collapse_flush")
+    delta = {n: v - before.get(n, 0) for n, v in k.stats.vmstat.items()
+             if v != before.get(n, 0)}
+    return ({"kind": "pte", "table": table, "entries": entries, "old": old,
+             "first": first, "cleared": (address, end), "flush": delta},
             k.khugepaged.costs.flush_ns(delta))
 
 
@@ -390,12 +472,24 @@ def pmd_populate(k: Any, saved: dict) -> None:
     store.write(slot[0], slot[1], saved["pmd"])
 
 
+def restore(k: Any, mm: Any, saved: dict) -> None:
+    """Rollback: the detached table back under the PMD, or every cleared PTE back
+    (arm64 contiguous blocks fold again where all their entries agree)."""
+    if saved["kind"] == "pmd":
+        pmd_populate(k, saved)
+        return
+    lo = saved["cleared"][0]
+    for j, d in enumerate(saved["old"]):
+        if d:
+            k.pt.set_pte(mm, lo + (j << PAGE_SHIFT), d)
+
+
 def collapse_copy(k: Any, mm: Any, saved: dict, folio: Any, first: int, nr: int) -> int:
-    """__collapse_huge_page_copy(): copy (or zero-fill) PTEs [first, first+nr) of the
-    detached table into folio, clear them and drop the sources' rmap.  Returns the
-    number of zero-filled pages."""
+    """__collapse_huge_page_copy(): copy (or zero-fill) the sources of entries
+    [first, first+nr) into folio as they are now, clear those entries and drop the
+    sources' rmap.  Returns the number of zero-filled pages."""
     arch, phys = k.arch, k.physmem
-    tab = phys.pgtables.table(saved["table"])
+    tab = saved["entries"]
     zero = 0
     unmap: dict[int, list[int]] = {}
     for j in range(nr):
@@ -409,7 +503,8 @@ def collapse_copy(k: Any, mm: Any, saved: dict, folio: Any, first: int, nr: int)
         f = k.folio_of_pfn(pfn)
         if f is not None:
             unmap.setdefault(f.pfn, []).append(pfn - f.pfn)
-    tab[first:first + nr] = 0                             # ptep_clear on the detached table
+    if saved["kind"] == "pmd":
+        tab[first:first + nr] = 0                         # ptep_clear on the detached table
     for head, pages in unmap.items():
         f = k.folios[head]
         for p in pages:
@@ -434,8 +529,9 @@ def install_pmd(k: Any, mm: Any, vma: VMA, pmd_addr: int, folio: Any, saved: dic
 
 def install_ptes(k: Any, mm: Any, vma: VMA, addr: int, folio: Any, order: int,
                  saved: dict) -> None:
-    """Put the same table back, then set_ptes() the new mTHP folio into it."""
-    pmd_populate(k, saved)
+    """set_ptes() the new mTHP folio into the table (put back first if detached)."""
+    if saved["kind"] == "pmd":
+        pmd_populate(k, saved)
     w = bool(vma.flags & VM_WRITE)
     desc = k.arch.mk_pte(folio.pfn, vm_prot(vma.flags), young=True, dirty=w)
     k.pt.set_ptes(mm, addr, desc, 1 << order)             # PTE_CONT where arm64 allows

@@ -16,7 +16,12 @@ from typing import Any
 
 from emu.arch import PMD_SIZE
 from emu.kernel.huge_memory import TVA_KHUGEPAGED, hugepage_enabled
-from emu.kernel.khugepaged.collapse import CollapseControl, collapse_possible
+from emu.kernel.khugepaged.collapse import (
+    COLLAPSE_STRATEGIES,
+    CollapseControl,
+    Steps,
+    collapse_possible,
+)
 from emu.kernel.khugepaged.knobs import CollapseCosts, KhugepagedKnobs
 from emu.kernel.khugepaged.pte_info import pmd_kind
 from emu.kernel.khugepaged.results import ScanResult
@@ -33,14 +38,17 @@ COLLAPSE_ALGOS = ("v19", "v5")
 class Khugepaged:
     """The khugepaged kthread of one Kernel, with its mm list, cursor and counters."""
 
-    def __init__(self, kernel: Any, knobs: KhugepagedKnobs, algo: str = "v19") -> None:
+    def __init__(self, kernel: Any, knobs: KhugepagedKnobs, algo: str = "v19",
+                 strategy: str = "pmd") -> None:
         if algo not in COLLAPSE_ALGOS:
             raise ValueError(f"collapse algo must be one of {COLLAPSE_ALGOS}")
+        if strategy not in COLLAPSE_STRATEGIES:
+            raise ValueError(f"collapse strategy must be one of {COLLAPSE_STRATEGIES}")
         self.k = kernel
         self.knobs = knobs
         self.costs = CollapseCosts.load()
         self.cc = CollapseControl(is_khugepaged=True, knobs=knobs, bus=kernel.bus,
-                                  costs=self.costs, algo=algo)
+                                  costs=self.costs, algo=algo, strategy=strategy)
         self.mm_slots: list[Any] = []          # khugepaged_scan.mm_head, in list order
         self.scan_mm: Any = None               # khugepaged_scan.mm_slot
         self.scan_address = 0                  # khugepaged_scan.address
@@ -53,6 +61,9 @@ class Khugepaged:
         self.busy_ns = 0                       # time spent running passes
         self.now_ns = 0                        # the simulated time the machine last gave
         self._next_sweep_ns = 0
+        self._pass: Steps | None = None        # the pass in progress, as steps
+        self._pass_start = 0
+        self._resume_ns = 0                    # when the pass's next step begins
 
     # ------------------------------------------------------------ registration
     def khugepaged_enter_vma(self, mm: Any, vma: VMA, now_ns: int = 0) -> bool:
@@ -108,25 +119,67 @@ class Khugepaged:
 
     # ------------------------------------------------------------ the thread
     def tick(self, now_ns: int) -> int:
-        """Run every pass due by now_ns; returns the number of passes run."""
+        """Run the thread up to now_ns: every step due by then, passes started and
+        finished included; returns the number of passes finished."""
         ran = 0
-        while self.next_wake_ns is not None and self.next_wake_ns <= now_ns:
-            if not hugepage_enabled(self.k.config) or not self.mm_slots:
-                self.next_wake_ns = None
+        while True:
+            if self._pass is None:
+                if self.next_wake_ns is None or self.next_wake_ns > now_ns:
+                    break
+                if not hugepage_enabled(self.k.config) or not self.mm_slots:
+                    self.next_wake_ns = None
+                    break
+                self._pass_start = self._resume_ns = self.next_wake_ns
+                self.cc.now_ns = self._pass_start
+                self._pass = self.khugepaged_do_scan()
+            if self._resume_ns > now_ns:
                 break
-            start = self.next_wake_ns
-            self.cc.now_ns = start
-            self.khugepaged_do_scan()
-            self.cc.now_ns = max(self.cc.now_ns, start + self.cc.costs.scan_pmd_ns)
-            self.busy_ns += self.cc.now_ns - start
-            self.passes += 1
-            ran += 1
-            # khugepaged_wait_work(): sleep scan_sleep_millisecs, or until there is work.
-            self.next_wake_ns = (self.cc.now_ns + self.knobs.scan_sleep_millisecs * NS_PER_MS
-                                 if self.mm_slots else None)
+            if self._step():
+                ran += 1
         return ran
 
-    def khugepaged_do_scan(self) -> None:
+    def _step(self) -> bool:
+        """Run the pass's next step; True when that finished the pass."""
+        try:
+            self._resume_ns = next(self._pass)
+            return False
+        except StopIteration:
+            pass
+        self._pass = None
+        start = self._pass_start
+        self.cc.now_ns = max(self.cc.now_ns, start + self.cc.costs.scan_pmd_ns)
+        self.busy_ns += self.cc.now_ns - start
+        self.passes += 1
+        # khugepaged_wait_work(): sleep scan_sleep_millisecs, or until there is work.
+        self.next_wake_ns = (self.cc.now_ns + self.knobs.scan_sleep_millisecs * NS_PER_MS
+                             if self.mm_slots else None)
+        return True
+
+    @property
+    def next_step_ns(self) -> int | None:
+        """When the thread next does something: its next step, or its next wake-up."""
+        return self._resume_ns if self._pass is not None else self.next_wake_ns
+
+    def finish_pass(self) -> int:
+        """Run the pass in progress to its end, whatever its steps' times (a caller
+        with nothing else running in between); 1 if a pass finished."""
+        while self._pass is not None:
+            if self._step():
+                return 1
+        return 0
+
+    def run_until_unlocked(self, mm: Any) -> int:
+        """Run the steps that hold mm's mmap_lock, whatever their time (someone waits
+        for the lock); returns the simulated time it is released."""
+        saved, self.k.current_cpu = self.k.current_cpu, None
+        try:
+            while mm.mmap_lock is not None and self._pass is not None:
+                self._step()
+        finally:
+            self.k.current_cpu = saved
+        return self.cc.now_ns
+
+    def khugepaged_do_scan(self) -> Steps:
         """One pass: scan until pages_to_scan progress or the list head passed twice."""
         pages = self.knobs.pages_to_scan
         progress = 0
@@ -137,7 +190,7 @@ class Khugepaged:
             if self.scan_mm is None:
                 pass_through_head += 1
             if self.mm_slots and pass_through_head < 2:
-                got, result = self.collapse_scan_mm_slot(pages - progress, result)
+                got, result = yield from self.collapse_scan_mm_slot(pages - progress, result)
                 progress += got
             else:
                 progress = pages
@@ -159,8 +212,11 @@ class Khugepaged:
             self.scan_mm = None
             self.full_scans += 1
 
-    def collapse_scan_mm_slot(self, pages: int, result: ScanResult) -> tuple[int, ScanResult]:
-        """Scan the cursor's mm from the cursor's address; (progress, last result)."""
+    def collapse_scan_mm_slot(self, pages: int, result: ScanResult) -> Any:
+        """Scan the cursor's mm from the cursor's address; (progress, last result).
+
+        A generator of steps: each PMD range's scan is one, with mmap_lock read-held
+        around it (dropped for a collapse attempt, which takes its own)."""
         k, cc = self.k, self.cc
         if self.scan_mm is None:
             self.scan_mm = self.mm_slots[0]
@@ -188,9 +244,10 @@ class Khugepaged:
                 self.scan_address = max(self.scan_address, hstart)
                 stop = False
                 while self.scan_address < hend:
+                    mm.mmap_lock = "read"             # held across the scan of the mm
                     cc.progress = 0
                     scanned_table = pmd_kind(k, mm, self.scan_address) == "table"
-                    result = collapse_scan_pmd(k, mm, vma, self.scan_address, cc)
+                    result = yield from collapse_scan_pmd(k, mm, vma, self.scan_address, cc)
                     self.results[result] += 1
                     if result is S.SCAN_SUCCEED:
                         self.pages_collapsed += 1
@@ -198,6 +255,7 @@ class Khugepaged:
                     progress += cc.progress
                     # A collapse attempt dropped mmap_lock: leave the mm for now.
                     if scanned_table and cc.collapse_attempted:
+                        mm.mmap_lock = None
                         return progress, result
                     if progress >= pages:
                         stop = True
@@ -205,6 +263,7 @@ class Khugepaged:
                 if stop:
                     finished_mm = False
                     break
+        mm.mmap_lock = None
         if mm.exited or finished_mm:
             self._advance_cursor(mm)
             if mm.exited:
@@ -231,7 +290,8 @@ class Khugepaged:
         if now_ns >= self._next_sweep_ns:
             self.sweep(now_ns)
             self._next_sweep_ns = now_ns + max(1, self.knobs.scan_sleep_millisecs) * NS_PER_MS
-        if self.next_wake_ns is None or self.next_wake_ns > now_ns:
+        nxt = self.next_step_ns
+        if nxt is None or nxt > now_ns:
             return 0
         saved, self.k.current_cpu = self.k.current_cpu, None
         try:

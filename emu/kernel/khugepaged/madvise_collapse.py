@@ -1,5 +1,9 @@
 """MADV_COLLAPSE: synchronous PMD collapse in the caller's context (kernel-mthp.md §4.1).
 
+The caller waits for the whole call: its steps run at once, and their estimated
+duration is the calling thread's time (the machine charges it); other threads of
+the process do not run in between (a simplification, see docs/collapse.md).
+
 QEMU 7.2 returns 0 to the guest for MADV_COLLAPSE without doing anything, so emu
 keeps the model's own answer for every call — return value, errno name and the
 SCAN result of each PMD — as a :class:`MadviseCollapseRecord` for the report.
@@ -13,7 +17,7 @@ from typing import Any
 
 from emu.arch import PMD_SIZE
 from emu.kernel.huge_memory import TVA_FORCED_COLLAPSE
-from emu.kernel.khugepaged.collapse import CollapseControl, collapse_possible
+from emu.kernel.khugepaged.collapse import CollapseControl, collapse_possible, run_steps
 from emu.kernel.khugepaged.results import ScanResult
 from emu.kernel.khugepaged.scan import collapse_scan_pmd
 
@@ -54,7 +58,7 @@ def _collapse_vma_range(k: Any, mm: Any, vma, start: int, end: int,
     last_fail = S.SCAN_FAIL
     for addr in range(hstart, hend, PMD_SIZE):
         cc.progress = 0
-        result = collapse_scan_pmd(k, mm, vma, addr, cc)
+        result = run_steps(collapse_scan_pmd(k, mm, vma, addr, cc))
         rec.pmds.append((addr, result))
         if result in (S.SCAN_SUCCEED, S.SCAN_PMD_MAPPED):
             thps += 1
@@ -72,7 +76,8 @@ def madvise_collapse(k: Any, mm: Any, start: int, length: int,
     """madvise(start, length, MADV_COLLAPSE) as madvise_walk_vmas() drives it."""
     kh = k.khugepaged
     cc = CollapseControl(is_khugepaged=False, knobs=kh.knobs, bus=k.bus, costs=kh.costs,
-                         algo=kh.cc.algo, now_ns=now_ns)
+                         algo=kh.cc.algo, now_ns=now_ns, strategy=kh.cc.strategy,
+                         fail_at=kh.cc.fail_at)
     rec = MadviseCollapseRecord(mm, start, length, t_start_ns=now_ns)
     end = start + length
     pos = start

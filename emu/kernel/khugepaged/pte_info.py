@@ -49,8 +49,12 @@ def pmd_kind(k: Any, mm: Any, pmd_addr: int) -> str:
 
 def decode_table(k: Any, table_pfn: int, first: int = 0, nr: int = PMD_NR) -> np.ndarray:
     """PTE_INFO of the PTE table in frame ``table_pfn``; folio facts for [first, first+nr)."""
+    return decode_entries(k, k.physmem.pgtables.table(table_pfn), first, nr)
+
+
+def decode_entries(k: Any, tab: np.ndarray, first: int = 0, nr: int = PMD_NR) -> np.ndarray:
+    """PTE_INFO of 512 descriptors (a table, or the values a collapse cleared)."""
     arch = k.arch
-    tab = k.physmem.pgtables.table(table_pfn)
     out = np.zeros(PMD_NR, dtype=PTE_INFO)
     out["folio"] = -1
     for i in np.flatnonzero(tab).tolist():

@@ -19,6 +19,7 @@ from emu.kernel.huge_memory import BIT, TVA_FORCED_COLLAPSE, TVA_KHUGEPAGED
 from emu.kernel.khugepaged.collapse import (
     KHUGEPAGED_MIN_MTHP_ORDER,
     CollapseControl,
+    Steps,
     collapse_huge_page,
     collapse_max_ptes_none,
     collapse_max_ptes_shared,
@@ -40,8 +41,8 @@ from emu.kernel.khugepaged.results import ScanResult
 from emu.kernel.vma import VMA
 
 # collapse_huge_page()'s signature, so the order walks can be driven with another
-# (tests give them a recorder of the candidates they choose).
-CollapseFn = Callable[..., ScanResult]
+# (tests give them a recorder of the candidates they choose); a generator of steps.
+CollapseFn = Callable[..., Steps]
 
 S = ScanResult
 
@@ -91,11 +92,14 @@ def scan_ptes(ptes: np.ndarray, max_none: int, max_swap: int, max_shared: int,
 
 
 def collapse_scan_pmd(k: Any, mm: Any, vma: VMA, start_addr: int,
-                      cc: CollapseControl) -> ScanResult:
+                      cc: CollapseControl) -> Steps:
     """Scan one PMD range and, if it qualifies, collapse it (PMD or mTHP orders).
 
-    Adds the PTEs examined to ``cc.progress`` (1 if there is no PTE table).
+    A generator of steps (collapse.collapse_huge_page): the scan is one step, each
+    collapse attempt several.  Adds the PTEs examined to ``cc.progress`` (1 if there
+    is no PTE table).
     """
+    yield cc.now_ns
     cc.step(cc.costs.scan_pmd_ns)
     cc.collapse_attempted = False
     result = find_pmd_or_thp_or_none(k, mm, start_addr)
@@ -135,11 +139,11 @@ def collapse_scan_pmd(k: Any, mm: Any, vma: VMA, start_addr: int,
         cc.mthp_present_ptes[:] = ptes["kind"] == PTE_PRESENT
         before = mapping_census(ptes)
         if cc.algo == "v5":
-            result = mthp_collapse_v5(k, mm, start_addr, referenced, unmapped, cc,
-                                      enabled_orders)
+            result = yield from mthp_collapse_v5(k, mm, start_addr, referenced, unmapped,
+                                                 cc, enabled_orders)
         else:
-            result = mthp_collapse(k, mm, start_addr, referenced, unmapped, cc,
-                                   enabled_orders)
+            result = yield from mthp_collapse(k, mm, start_addr, referenced, unmapped, cc,
+                                              enabled_orders)
         kind = pmd_kind(k, mm, start_addr)
         after = ({PMD_ORDER: PMD_NR} if kind == "huge" else
                  mapping_census(read_ptes(k, mm, start_addr)) if kind == "table" else {})
@@ -179,7 +183,7 @@ def max_order_from_offset(offset: int) -> int:
 
 def mthp_collapse(k: Any, mm: Any, pmd_addr: int, referenced: int, unmapped: int,
                   cc: CollapseControl, enabled_orders: int,
-                  collapse: CollapseFn = collapse_huge_page) -> ScanResult:
+                  collapse: CollapseFn = collapse_huge_page) -> Steps:
     """v19 11/14 + 12/14: the forward walk over the present-PTE bitmap."""
     bitmap = cc.mthp_present_ptes
     offset, order = 0, PMD_ORDER
@@ -195,8 +199,8 @@ def mthp_collapse(k: Any, mm: Any, pmd_addr: int, referenced: int, unmapped: int
             if order == PMD_ORDER and cc.pmd_precheck_counts_swap:
                 occupied += unmapped
             if occupied >= n - limit:
-                r = collapse(k, mm, pmd_addr + offset * PAGE_SIZE, referenced,
-                             unmapped, cc, order)
+                r = yield from collapse(k, mm, pmd_addr + offset * PAGE_SIZE, referenced,
+                                        unmapped, cc, order)
                 if r is S.SCAN_SUCCEED:
                     collapsed += n
                     lower = False
@@ -236,7 +240,7 @@ def v5_chunk_bitmap(present: np.ndarray, max_ptes_none: int) -> np.ndarray:
 
 def mthp_collapse_v5(k: Any, mm: Any, pmd_addr: int, referenced: int,
                      unmapped: int, cc: CollapseControl, enabled_orders: int,
-                     collapse: CollapseFn = collapse_huge_page) -> ScanResult:
+                     collapse: CollapseFn = collapse_huge_page) -> Steps:
     """v5 07/12 khugepaged_scan_bitmap(): depth-first over the chunk bitmap."""
     m = cc.knobs.max_ptes_none if cc.is_khugepaged else KHUGEPAGED_MAX_PTES_LIMIT
     bitmap = v5_chunk_bitmap(cc.mthp_present_ptes, m)
@@ -254,8 +258,8 @@ def mthp_collapse_v5(k: Any, mm: Any, pmd_addr: int, referenced: int,
             bits_set = int(bitmap[chunk_off:chunk_off + num_chunks].sum())
             threshold = (PMD_NR - m - 1) >> (PMD_ORDER - chunk_order)
             if bits_set > threshold or is_pmd_only or always & BIT(order):
-                r = collapse(k, mm, pmd_addr + chunk_off * V5_CHUNK * PAGE_SIZE,
-                             referenced, unmapped, cc, order)
+                r = yield from collapse(k, mm, pmd_addr + chunk_off * V5_CHUNK * PAGE_SIZE,
+                                        referenced, unmapped, cc, order)
                 last = r
                 if r is S.SCAN_SUCCEED:
                     collapsed += 1 << order

@@ -182,9 +182,10 @@ class Scenario:
 
     # ------------------------------------------------------------ khugepaged
     def tick(self, now_ns: int) -> int:
-        """Let khugepaged run up to now_ns on its own CPU (no vCPU is current)."""
+        """Let khugepaged run up to now_ns on its own CPU (no vCPU is current); a pass
+        that started by then runs to its end (nothing else runs in between here)."""
         self.kernel.current_cpu = None
-        return self.khugepaged.tick(now_ns)
+        return self.khugepaged.tick(now_ns) + self.khugepaged.finish_pass()
 
     def register(self, p: Proc, now_ns: int = 0) -> None:
         """khugepaged_enter_vma() for the process's VMAs."""

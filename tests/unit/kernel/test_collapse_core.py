@@ -19,7 +19,7 @@ from emu.kernel.huge_memory import (
     hugepage_enabled,
     thp_vma_allowable_orders,
 )
-from emu.kernel.khugepaged.collapse import CollapseControl, collapse_max_ptes_none
+from emu.kernel.khugepaged.collapse import CollapseControl, collapse_max_ptes_none, run_steps
 from emu.kernel.khugepaged.knobs import CollapseCosts, KhugepagedKnobs
 from emu.kernel.khugepaged.pte_info import (
     PTE_INFO,
@@ -203,11 +203,12 @@ def _walk(bitmap, enabled, answer, **knobs):
     def collapse(k, mm, addr, referenced, unmapped, cc, order):
         off = (addr - B) // PAGE_SIZE
         calls.append((off, order))
+        yield cc.now_ns                   # a generator of steps, as collapse_huge_page
         return answer(off, order)
 
     cc = _cc(**knobs)
     cc.mthp_present_ptes[:] = bitmap
-    result = mthp_collapse(None, None, B, 1, 0, cc, enabled, collapse=collapse)
+    result = run_steps(mthp_collapse(None, None, B, 1, 0, cc, enabled, collapse=collapse))
     return result, calls
 
 

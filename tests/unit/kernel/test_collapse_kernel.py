@@ -80,6 +80,7 @@ def test_khugepaged_mthp_64k_on_real_tables(arch):
     k.config.hugepages[64] = "always"
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
+    k.khugepaged.finish_pass()        # nothing else runs: the whole pass
     assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 32}
     assert _versions_ok(k, mm, B, 512)
     for i in range(0, 512, 16):
@@ -104,6 +105,7 @@ def test_rollback_restores_every_descriptor():
     k.config.hugepages[2048] = "never"
     k.khugepaged.enter(child, 0)
     k.khugepaged.run(0)
+    k.khugepaged.finish_pass()        # nothing else runs: the whole pass
     after = k.physmem.pgtables.table(k.pt.pte_table(child, B))
     assert k.pt.pte_table(child, B) == table
     assert np.array_equal(before[:16], after[:16])      # the shared page's block untouched
@@ -120,6 +122,7 @@ def test_pageout_and_swapin_during_pmd_collapse():
     k.config.enabled = "always"
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
+    k.khugepaged.finish_pass()        # nothing else runs: the whole pass
     assert k.pt.pmd_is_leaf(k.pt.get_pmd(mm, B))
     assert _versions_ok(k, mm, B, 512)
     assert k.vmstat["pswpin"] == 10 and k.swap.nr_used == 0
@@ -133,6 +136,7 @@ def test_mthp_collapse_leaves_swap_ranges_alone():
     k.config.hugepages[64] = "always"
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
+    k.khugepaged.finish_pass()        # nothing else runs: the whole pass
     assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 31}
     assert k.arch.is_swap(k.pt.get_pte(mm, B + 5 * PAGE))
     assert k.mthp_stats[64]["collapse_exceed_swap_pte"] == 1
@@ -174,6 +178,7 @@ def test_report_has_mapping_sizes_before_and_after():
     k.config.hugepages[64] = "always"
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
+    k.khugepaged.finish_pass()        # nothing else runs: the whole pass
     r = c.section(k.khugepaged)
     assert r["pages_by_mapping_size"] == {"before": {"4kB": 512}, "after": {"64kB": 512}}
     text = render(c.section(k.khugepaged))
