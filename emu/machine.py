@@ -21,6 +21,7 @@ import numpy as np
 from emu.arch import PMD_SIZE, syscalls
 from emu.counting import PageCounts
 from emu.kernel.thpmaps import vma_census
+from emu.oracle import Oracle
 from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
 from emu.trace.columns import Columns
@@ -42,7 +43,13 @@ class Thread:
     first_icount: int = 0
     last_icount: int = 0
     exited: bool = False
-    stall_ns: float = 0.0  # simulated time spent in the model's synchronous work (MADV_COLLAPSE)
+    stall_ns: float = 0.0  # simulated time spent waiting: MADV_COLLAPSE, collapses' locks
+    # What collapses cost this thread: faults that met a collapse holding the mmap/VMA
+    # lock (and waited for it), the time waited (faults and syscalls), and accesses
+    # that proceeded on a TLB entry into a range a collapse had cleared.
+    collapse_faults: int = 0
+    collapse_wait_ns: float = 0.0
+    collapse_tlb_hits: int = 0
 
     @property
     def instructions(self) -> int:
@@ -61,28 +68,13 @@ class Process:
 
 
 @dataclass
-class CollapseWindow:
-    """A PMD a collapse held cleared over [t0, t1) of simulated time.
-
-    A thread whose access lands in the PMD inside the window finds the entry
-    cleared, faults and waits on the collapse until t1 (once per window).
-    """
-
-    pid: int
-    start: int
-    end: int
-    t0: float
-    t1: float
-    waited: set[int] = field(default_factory=set)   # id() of threads that stalled
-
-
-@dataclass
 class RunOptions:
     """What the machine models; the CLI fills it from flags."""
 
     ns_per_insn: float = 0.5
     khugepaged: bool = False   # run the khugepaged thread (MADV_COLLAPSE works regardless)
     utlb: int = 0              # entries of the plugin's micro-TLB (0: none)
+    oracle: bool = False       # check every read against the guest's last write
 
 
 class Machine:
@@ -108,7 +100,6 @@ class Machine:
         self.unresolved_faults = 0
         self.unresolved: list[dict[str, Any]] = []
         self.utlb_hits = 0
-        self.windows: list[CollapseWindow] = []
         self.columns = Columns()      # per-batch access columns, reused
         # emu_mark(id) -> settings to apply (--at-mark), as an admin writing sysfs.
         self.mark_actions: dict[int, list[Callable[[], None]]] = {}
@@ -116,9 +107,19 @@ class Machine:
         self.collapse_stall_ns = 0.0
         self.collapse_log: CollapseLog | None = None
         if self.khugepaged is not None:
-            # A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
-            kernel.bus.subscribe("mm_collapse_huge_page", self._on_collapse)
             self.collapse_log = CollapseLog(kernel.bus)
+        self.oracle: Oracle | None = None
+        if self.options.oracle and kernel is not None and hw is not None:
+            self.oracle = Oracle(kernel.physmem.version)
+            self._last_collapse: dict[tuple[int, int], dict[str, Any]] = {}
+            bus = kernel.bus
+            bus.subscribe("emu_zap", lambda e: self.oracle.drop(e.args["asid"], e.args["start"],
+                                                                 e.args["end"]))
+            bus.subscribe("emu_move", lambda e: self.oracle.move(
+                e.args["asid"], e.args["old"], e.args["new"], e.args["length"]))
+            bus.subscribe("emu_dup_mmap", lambda e: self.oracle.fork(e.args["parent_asid"],
+                                                                     e.args["child_asid"]))
+            bus.subscribe("mm_collapse_huge_page", self._note_collapse)
         self.now_ns = 0.0
 
     # -- processes and threads -------------------------------------------------
@@ -130,6 +131,7 @@ class Machine:
             self.processes[pid] = proc
             if self.kernel is not None:
                 if parent and parent in self.processes and not self.processes[parent].exited:
+                    self._unlock(parent)          # dup_mmap takes the parent's mmap_lock
                     self.kernel.fork(parent, pid)
                 else:
                     self.kernel.exec_mm(pid, self.elf)
@@ -176,45 +178,96 @@ class Machine:
             th.last_icount = max(th.last_icount, int(last["icount"]))
             kinds, addrs, counts = col.kinds[a:b], col.addrs[a:b], col.counts[a:b]
             proc.pages.add(kinds, addrs, counts)
-            if self.windows:
-                self._collapse_stall(th, events["icount"][lo + a:lo + b], addrs)
             if self.hw is not None and self.kernel is not None:
-                if self.options.utlb:
-                    kinds, addrs, counts = self._absorbed(vcpu, col.flags[a:b], kinds, addrs,
-                                                          counts)
-                self._translate(pid, vcpu, kinds, addrs, counts)
+                flags = col.flags[a:b]
+                icounts = events["icount"][lo + a:lo + b]
+                start = 0
+                while start < b - a:
+                    # Up to khugepaged's next step: the guest meets each state it leaves.
+                    end = self._until_next_step(th, icounts, start)
+                    k_, a_, c_ = kinds[start:end], addrs[start:end], counts[start:end]
+                    i_ = icounts[start:end]
+                    if self.options.utlb:
+                        k_, a_, c_, i_ = self._absorbed(vcpu, flags[start:end], k_, a_, c_,
+                                                        i_)
+                    self._translate(th, k_, a_, c_, i_)
+                    if end < b - a:
+                        self._run_khugepaged(int(icounts[end]) * self.options.ns_per_insn
+                                             + th.stall_ns)
+                    start = end
             self._tick(th)
         return hi
 
+    def _until_next_step(self, th: Thread, icounts: np.ndarray, start: int) -> int:
+        """End of the records of this run that come before khugepaged's next step."""
+        kh = self.khugepaged
+        n = len(icounts)
+        if kh is None or not self.options.khugepaged:
+            return n
+        nxt = kh.next_step_ns
+        ns = self.options.ns_per_insn
+        if nxt is None or int(icounts[-1]) * ns + th.stall_ns < nxt:
+            return n
+        # icounts never decrease within one thread's run
+        cut = int(np.searchsorted(icounts[start:], (nxt - th.stall_ns) / ns, side="left"))
+        return start + max(cut, 1)
+
+    def _run_khugepaged(self, now: float) -> None:
+        if self.khugepaged is not None and self.options.khugepaged:
+            self.khugepaged.run(now)
+
     def _absorbed(self, cpu: int, flags: np.ndarray, kinds: np.ndarray, addrs: np.ndarray,
-                  counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  counts: np.ndarray, icounts: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Count the micro-TLB's hits as TLB accesses; only its misses go to the TLBs."""
         hit = (flags & F_ABSORBED).astype(bool)
         if not hit.any():
-            return kinds, addrs, counts
+            return kinds, addrs, counts, icounts
         loads = int(counts[hit & (kinds == ev.READ)].sum())
         stores = int(counts[hit & (kinds == ev.WRITE)].sum())
         self.hw.absorb(cpu % self.hw.nr_cpus, loads, stores)
         self.utlb_hits += loads + stores
         keep = ~hit
-        return kinds[keep], addrs[keep], counts[keep]
+        return kinds[keep], addrs[keep], counts[keep], icounts[keep]
 
-    def _translate(self, pid: int, cpu: int, kinds: np.ndarray, addrs: np.ndarray,
-                   counts: np.ndarray) -> None:
+    def _translate(self, th: Thread, kinds: np.ndarray, addrs: np.ndarray,
+                   counts: np.ndarray, icounts: np.ndarray) -> None:
+        pid = th.pid
         mm = self.kernel.mm(pid)
-        cpu %= self.hw.nr_cpus
+        cpu = th.vcpu % self.hw.nr_cpus
+        mm.cpumask.add(cpu)            # switch_mm(): the CPU now runs this mm
+        # Accesses into a range a collapse has cleared proceed only on a TLB entry: count
+        # them up to the first wait (after it, the collapse is done).
+        cleared = mm.collapse_cleared
         i, n = 0, len(kinds)
+        oracle = self.oracle
+        pfns = np.empty(n, dtype=np.int64) if oracle is not None else None
         retries = 0
         while i < n:
             at = i
-            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n)
+            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n, pfns)
+            if oracle is not None and i > at:
+                for j in oracle.check(mm.asid, kinds, addrs, pfns, at, i):
+                    self._report_lost(th, mm, int(addrs[j]), int(icounts[j]), int(pfns[j]))
             if i >= n:
                 break
             retries = retries + 1 if i == at else 0
             f = self.hw.fault
             access = _ACCESS[f.kind]
+            if mm.mmap_lock == "write" and mm.locked_vma is not None \
+                    and mm.locked_vma.start <= f.va < mm.locked_vma.end:
+                # The collapse holds the VMA's lock: the fault waits until it is done,
+                # then the access is tried again.
+                th.collapse_faults += 1
+                if cleared is not None:
+                    th.collapse_tlb_hits += self._in_range(addrs[:i], cleared)
+                    cleared = None
+                t = int(icounts[i]) * self.options.ns_per_insn
+                self._wait_for_collapse(th, mm, t + th.stall_ns)
+                retries = 0
+                continue
             if (retries >= MAX_FAULT_RETRIES
-                    or not self.kernel.handle_mm_fault(pid, cpu, f.va, access, f.reason)):
+                    or not self.kernel.handle_mm_fault(pid, th.vcpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model
                 # lacks a mapping it should have (or keeps faulting on it).  Count it,
                 # remember the first few, and go on.
@@ -224,34 +277,49 @@ class Machine:
                                             "level": f.level, "reason": f.reason})
                 i += 1
                 retries = 0
+        if cleared is not None:
+            th.collapse_tlb_hits += self._in_range(addrs, cleared)
 
-    def _on_collapse(self, e: Any) -> None:
-        """Open a window for every collapse that cleared a PMD."""
-        att = e.args.get("attempt")
-        if att is None or att.pmd_cleared_ns is None:
+    @staticmethod
+    def _in_range(addrs: np.ndarray, r: tuple[int, int]) -> int:
+        return int(np.count_nonzero((addrs >= r[0]) & (addrs < r[1])))
+
+    def _note_collapse(self, e: Any) -> None:
+        att = e.args["attempt"]
+        self._last_collapse[(att.mm.asid, att.address & ~(PMD_SIZE - 1))] = {
+            "address": att.address, "order": att.order, "strategy": att.strategy,
+            "result": att.result.name, "steps": [n for n, _ in att.steps],
+            "t_start_ns": att.t_start_ns, "t_end_ns": att.t_end_ns}
+
+    def _report_lost(self, th: Thread, mm: Any, va: int, icount: int, pfn: int) -> None:
+        """The first few lost writes, with the collapse last seen in their PMD."""
+        if len(self.oracle.reports) >= 16:
             return
-        t0, t1 = att.pmd_cleared_ns
-        start = att.address & ~(PMD_SIZE - 1)
-        self.windows.append(CollapseWindow(att.mm.pid, start, start + PMD_SIZE, t0, t1))
+        self.oracle.reports.append({
+            "pid": th.pid, "vcpu": th.vcpu, "va": va, "instructions": icount, "frame": pfn,
+            "collapse": self._last_collapse.get((mm.asid, va & ~(PMD_SIZE - 1)))})
 
-    def _collapse_stall(self, th: Thread, icounts: np.ndarray, addrs: np.ndarray) -> None:
-        """Charge the wait of a thread that touched a PMD while a collapse held it."""
-        ns = self.options.ns_per_insn
-        for w in self.windows:
-            if w.pid != th.pid or id(th) in w.waited:
-                continue
-            t = icounts * ns + th.stall_ns
-            hit = (addrs >= w.start) & (addrs < w.end) & (t >= w.t0) & (t < w.t1)
-            if hit.any():
-                wait = w.t1 - float(t[int(np.argmax(hit))])
-                th.stall_ns += wait
-                w.waited.add(id(th))
-                self.collapse_stalls += 1
-                self.collapse_stall_ns += wait
-        # A window is over once every thread of its process has run past it.
-        self.windows = [w for w in self.windows if any(
-            not t.exited and t.pid == w.pid and t.last_icount * ns + t.stall_ns < w.t1
-            for t in self.all_threads)]
+    def _unlock(self, pid: int, th: Thread | None = None) -> None:
+        """Before something that takes pid's mmap_lock: wait for khugepaged to drop it
+        (charged to the thread, if one waits)."""
+        mm = self.kernel.mms.get(pid)
+        if mm is None or mm.mmap_lock is None or self.khugepaged is None:
+            return
+        if th is None:
+            self.khugepaged.run_until_unlocked(mm)
+            return
+        self._wait_for_collapse(th, mm, th.last_icount * self.options.ns_per_insn
+                                + th.stall_ns)
+
+    def _wait_for_collapse(self, th: Thread, mm: Any, now: float) -> None:
+        """Wait for the collapse that holds mm's lock to release it: khugepaged runs its
+        steps to the unlock, and the thread's clock moves to that moment."""
+        release = self.khugepaged.run_until_unlocked(mm)
+        wait = max(0.0, release - now)
+        th.stall_ns += wait
+        th.collapse_wait_ns += wait
+        self.collapse_stalls += 1
+        self.collapse_stall_ns += wait
 
     def _tick(self, th: Thread) -> None:
         now = th.last_icount * self.options.ns_per_insn + th.stall_ns
@@ -300,9 +368,12 @@ class Machine:
                                  "args": list(args), "ret": ret,
                                  "text": syscalls.decode(self.arch, nr, args, ret).text})
         if self.kernel is not None:
+            th = self.threads[(pid, vcpu)]
+            if self.kernel.handles_syscall(name):      # it takes mmap_lock: a collapse
+                self._unlock(pid, th)                  # holding it makes it wait
             # MADV_COLLAPSE runs in the calling thread: its estimated duration is
             # that thread's time, as the guest would have waited for it.
-            self.threads[(pid, vcpu)].stall_ns += self.kernel.syscall(pid, vcpu, name, args, ret)
+            th.stall_ns += self.kernel.syscall(pid, vcpu, name, args, ret)
 
     def _exit_process(self, proc: Process) -> None:
         if proc.exited:
@@ -312,6 +383,7 @@ class Machine:
             if th.pid == proc.pid:
                 th.exited = True
         if self.kernel is not None:
+            self._unlock(proc.pid)                # exit_mmap waits for the mmap_lock too
             mm = self.kernel.mm(proc.pid)
             proc.vmas = list(mm.vmas)
             if self.hw is not None:

@@ -37,7 +37,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="the khugepaged thread: off (the default; MADV_COLLAPSE still"
                         " works), default (the kernel's settings) or fast (a preset that"
                         " scans every 1 ms)")
-    g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19")
+    g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19",
+                   help="the khugepaged mTHP series the collapse follows (default v19)")
+    g.add_argument("--collapse-strategy", choices=["pmd", "pte", "unsafe-noflush"],
+                   default="pmd",
+                   help="how a collapse stops other walkers: pmd clears and flushes the"
+                        " whole PMD (upstream, the default); pte clears and flushes only"
+                        " the target PTEs; unsafe-noflush never flushes (it loses writes:"
+                        " for showing the integrity oracle)")
+    g.add_argument("--oracle", action="store_true",
+                   help="check every read against the guest's last write to its page (the"
+                        " integrity oracle: lost writes and stale reads are reported)")
     g.add_argument("--ns-per-insn", type=float, default=0.5,
                    help="simulated time per retired instruction")
     o = p.add_argument_group("output")

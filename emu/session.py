@@ -111,6 +111,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
     plan = args if isinstance(args, ModelPlan) else plan_model(arch, args)
     args = plan.args
     options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
+                         oracle=getattr(args, "oracle", False),
                          khugepaged=args.khugepaged != "off" and not args.no_hw)
     frac, order = plan.fragment
     physmem = PhysMem(plan.frames)
@@ -125,7 +126,8 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
         knobs = KhugepagedKnobs.preset("default" if args.khugepaged == "off"
                                        else args.khugepaged)
     kernel = Kernel(arch, plan.config, hw, physmem, fragment=frac, fragment_max_order=order,
-                    khugepaged=knobs, algo=args.collapse_algo)
+                    khugepaged=knobs, algo=args.collapse_algo,
+                    strategy=getattr(args, "collapse_strategy", "pmd"))
     machine = Machine(arch, elf, kernel=kernel, hw=hw, options=options)
     machine.mark_actions = _mark_actions(plan.marks, machine)
     return machine

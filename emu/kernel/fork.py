@@ -40,6 +40,7 @@ class ForkMixin:
             nv.anon_vma = vma.anon_vma
             self._copy_range(parent, child, vma)
         self._flush_mm(parent)
+        self.bus.publish("emu_dup_mmap", 0, parent_asid=parent.asid, child_asid=child.asid)
         if self.khugepaged is not None:             # khugepaged_fork() in dup_mmap()
             self.khugepaged.khugepaged_fork(child, parent, self.khugepaged.now_ns)
         return child

@@ -236,6 +236,11 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         """
         return _syscalls.apply(self, pid, cpu, name, args, ret)
 
+    @staticmethod
+    def handles_syscall(name: str) -> bool:
+        """Whether the model applies this syscall (it then takes the mm's mmap_lock)."""
+        return _syscalls.handles(name)
+
     # ===== khugepaged hooks (mm/khugepaged.c's entry points) ============================
 
     def khugepaged_enter(self, mm: MM) -> None:

@@ -34,6 +34,8 @@ class MM:
     # progress); with "write" the collapse also holds ``locked_vma``'s per-VMA lock.
     mmap_lock: str | None = None
     locked_vma: object = None
+    # The VA range whose entries a collapse has cleared and not yet re-installed.
+    collapse_cleared: tuple[int, int] | None = None
 
     @property
     def rss(self) -> int:

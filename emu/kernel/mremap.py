@@ -20,6 +20,8 @@ class MremapMixin:
         their mappings), then trim or grow as asked."""
         move_len = min(old_len, new_len)
         self.do_munmap(mm, new, new + new_len)
+        self.bus.publish("emu_move", 0, asid=mm.asid, old=old, new=new,
+                         length=min(old_len, new_len))
         src = mm.vmas.carve(old, old + move_len)
         if not src:
             return

@@ -46,6 +46,10 @@ def prot_to_vm(prot: int) -> int:
             | (VM_EXEC if prot & U("PROT_EXEC") else 0))
 
 
+def handles(name: str) -> bool:
+    return name in _HANDLERS
+
+
 def apply(k: Any, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> int:
     """Run the handler; returns the simulated ns of synchronous model work (0 mostly)."""
     if failed(ret):

@@ -72,6 +72,7 @@ class UnmapMixin:
 
     def zap_range(self, mm: MM, start: int, end: int, flush: bool = True) -> None:
         """zap_page_range(): unmap [start, end) (pages stay mapped elsewhere)."""
+        self.bus.publish("emu_zap", 0, asid=mm.asid, start=start, end=end)
         pt, arch, store = self.pt, self.arch, self.physmem.pgtables
         addr = start
         while addr < end:

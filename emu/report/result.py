@@ -42,7 +42,9 @@ def build_result(machine: Any, binary: str, argv: list[str],
             "pages_touched": proc.pages.nr_pages,
         })
     vcpus = [{"pid": t.pid, "vcpu": t.vcpu, "thread": t.index, "instructions": t.instructions,
-              "stall_ns": int(t.stall_ns)}
+              "stall_ns": int(t.stall_ns), "collapse_faults": t.collapse_faults,
+              "collapse_wait_ns": int(t.collapse_wait_ns),
+              "collapse_tlb_hits": t.collapse_tlb_hits}
              for t in machine.all_threads]
     names = Counter(s["name"] for s in machine.syscall_log)
     result: dict[str, Any] = {
@@ -82,12 +84,20 @@ def build_result(machine: Any, binary: str, argv: list[str],
             "mthp_stats": {str(kb): d for kb, d in sorted(k.mthp_stats.items())},
             "nr_free_frames": k.nr_free_frames,
         }
+    if machine.oracle is not None:
+        o = machine.oracle
+        result["integrity"] = {"checked_reads": o.checked_reads, "lost_writes": o.lost_writes,
+                               "first": o.reports}
     if machine.collapse_log is not None:
         result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
         # Whether the thread ran (--khugepaged); MADV_COLLAPSE works either way.
         result["khugepaged"]["thread"] = bool(machine.options.khugepaged)
-        result["khugepaged"]["guest_stalls"] = {"count": machine.collapse_stalls,
-                                                "total_ns": int(machine.collapse_stall_ns)}
+        result["khugepaged"]["guest_stalls"] = {
+            "count": machine.collapse_stalls, "total_ns": int(machine.collapse_stall_ns),
+            "faults": sum(t.collapse_faults for t in machine.all_threads),
+            "tlb_hits_in_cleared_ranges": sum(t.collapse_tlb_hits
+                                              for t in machine.all_threads)}
+        result["khugepaged"]["strategy"] = machine.khugepaged.cc.strategy
     return result
 
 

@@ -360,7 +360,7 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
         else:
             saved, flush_ns = pmdp_collapse_flush(k, mm, pmd_addr, cc.strategy)
         att.flush_ns = flush_ns if flush_ns else costs.flush_fallback_ns
-        att.cleared = saved["cleared"]
+        att.cleared = mm.collapse_cleared = saved["cleared"]
         cc.step(att.flush_ns)
         cleared_at = t
         mark("pte_clear_flush" if by_pte else "pmdp_collapse_flush", t)
@@ -395,6 +395,7 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
             cc.step(costs.install_ns + costs.pmd_lock_ns)
             mark("install", t)
         att.pmd_cleared_ns = (cleared_at, cc.now_ns)
+        mm.collapse_cleared = None
         cc.step(costs.mmap_lock_ns)                        # mmap_write_unlock
     if folio is not None:
         k.folio_free(folio)
