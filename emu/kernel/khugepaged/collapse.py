@@ -317,6 +317,8 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
 
     def mark(name: str, t0: int) -> None:
         att.steps.append((name, cc.now_ns - t0))
+        cc.bus.publish("emu_collapse_step", t0, mm=mm, address=address, order=order,
+                       step=name, duration_ns=cc.now_ns - t0, strategy=cc.strategy)
 
     mm.mmap_lock = None                                   # entered with mmap_lock dropped
     yield cc.now_ns

@@ -160,6 +160,23 @@ class Khugepaged:
         """When the thread next does something: its next step, or its next wake-up."""
         return self._resume_ns if self._pass is not None else self.next_wake_ns
 
+    def step_once(self) -> bool:
+        """Run one step, starting the next pass if none is in progress (tests and
+        debugging: watch the page tables between the steps); False if asleep."""
+        if self._pass is None:
+            if self.next_wake_ns is None or not hugepage_enabled(self.k.config) \
+                    or not self.mm_slots:
+                return False
+            self._pass_start = self._resume_ns = self.next_wake_ns
+            self.cc.now_ns = self._pass_start
+            self._pass = self.khugepaged_do_scan()
+        saved, self.k.current_cpu = self.k.current_cpu, None
+        try:
+            self._step()
+        finally:
+            self.k.current_cpu = saved
+        return True
+
     def finish_pass(self) -> int:
         """Run the pass in progress to its end, whatever its steps' times (a caller
         with nothing else running in between); 1 if a pass finished."""
