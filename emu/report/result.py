@@ -24,6 +24,7 @@ def build_result(machine: Any, binary: str, argv: list[str],
                  exit_status: int | None) -> dict[str, Any]:
     """The whole run as plain data: counts first, model details after."""
     procs = sorted(machine.processes.values(), key=lambda p: p.pid)
+    ns = machine.options.ns_per_insn
     vmas: list[dict[str, Any]] = []
     processes = []
     reads = writes = touched = 0
@@ -36,13 +37,14 @@ def build_result(machine: Any, binary: str, argv: list[str],
         touched += proc.pages.nr_pages
         threads = [t for t in machine.all_threads if t.pid == proc.pid]
         processes.append({
+            "sim_ns": _process_ns(threads, ns),
             "pid": proc.pid, "parent": proc.parent, "exit_status": proc.exit_status,
             "instructions": sum(t.instructions for t in threads),
             "accesses": {"read": int(r.sum()), "write": int(w.sum())},
             "pages_touched": proc.pages.nr_pages,
         })
     vcpus = [{"pid": t.pid, "vcpu": t.vcpu, "thread": t.index, "instructions": t.instructions,
-              "stall_ns": int(t.stall_ns)}
+              "stall_ns": int(t.stall_ns), "sim_ns": int(t.instructions * ns + t.stall_ns)}
              for t in machine.all_threads]
     names = Counter(s["name"] for s in machine.syscall_log)
     result: dict[str, Any] = {
@@ -57,6 +59,8 @@ def build_result(machine: Any, binary: str, argv: list[str],
         "fetch_page_changes": machine.nr_fetch,
         "pages_touched": touched,
         "events": machine.nr_events,
+        # The model's clock: instructions x ns_per_insn plus the stalls it charged.
+        "time": {"ns_per_insn": ns, "elapsed_ns": int(machine.now_ns)},
         "processes": processes,
         "vcpus": vcpus,
         "vmas": vmas,
@@ -86,9 +90,19 @@ def build_result(machine: Any, binary: str, argv: list[str],
         result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
         # Whether the thread ran (--khugepaged); MADV_COLLAPSE works either way.
         result["khugepaged"]["thread"] = bool(machine.options.khugepaged)
+        if machine.options.khugepaged:
+            result["khugepaged"]["idle_reason"] = machine.khugepaged.why_idle(machine.now_ns)
         result["khugepaged"]["guest_stalls"] = {"count": machine.collapse_stalls,
                                                 "total_ns": int(machine.collapse_stall_ns)}
     return result
+
+
+def _process_ns(threads: list[Any], ns: float) -> int:
+    """A process's simulated span: its threads run at once, each on its own vCPU."""
+    if not threads:
+        return 0
+    return int(max(t.last_icount * ns + t.stall_ns for t in threads)
+               - min(t.first_icount for t in threads) * ns)
 
 
 def at_mark_report(specs: list[str], markers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,6 +21,32 @@ def _hex(x: int | None) -> str:
     return "-" if x is None else f"{x:#014x}"
 
 
+def _time(ns: float) -> str:
+    """A simulated duration in the unit that reads best."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:,.3f} {unit}"
+    return f"{ns:,.0f} ns"
+
+
+def _time_lines(result: dict[str, Any]) -> list[str]:
+    """Simulated time: the clock, then per process and vCPU when there are several."""
+    t = result.get("time")
+    if not t:
+        return []
+    stalls = sum(v["stall_ns"] for v in result["vcpus"])
+    lines = [f"{_time(t['elapsed_ns']):>16}      simulated time ({t['ns_per_insn']:g} ns per"
+             f" instruction{f', {_time(stalls)} stalled' if stalls else ''})"]
+    if len(result["vcpus"]) > 1:
+        lines.append("   per process: " + ", ".join(
+            f"pid {p['pid']} {_time(p['sim_ns'])}" for p in result["processes"]))
+        lines.append("   per vCPU [pid:vcpu]: " + ", ".join(
+            f"[{v['pid']}:{v['vcpu']}] {_time(v['sim_ns'])}"
+            + (f" (stalled {_time(v['stall_ns'])})" if v["stall_ns"] else "")
+            for v in result["vcpus"]))
+    return lines
+
+
 def render(result: dict[str, Any], verbose: bool = False) -> str:
     lines: list[str] = []
     add = lines.append
@@ -39,6 +65,7 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
     add(f"{_n(result['pages_touched'])}      pages touched (4 KiB)")
     add(f"{_n(len(result['vcpus']))}      vCPUs (guest threads)")
     add(f"{_n(len(result['processes']))}      processes")
+    lines += _time_lines(result)
     tlb = result.get("tlb")
     if tlb:
         add("")
@@ -72,6 +99,8 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         from emu.report.khugepaged import render as render_report
         add("")
         add(render_report(kh))
+        if kh.get("idle_reason"):
+            add(f"   khugepaged never ran: {kh['idle_reason']}")
         stalls = result["khugepaged"].get("guest_stalls", {})
         if stalls.get("count"):
             add(f"   guest threads stalled on a PMD being collapsed: {stalls['count']:,} times,"
