@@ -71,8 +71,10 @@ def build_result(machine: Any, binary: str, argv: list[str],
     if machine.hw is not None:
         cpus = sorted({t.vcpu for t in machine.all_threads})
         per_cpu = {str(c): machine.hw.counters(c) for c in cpus}
+        total = _sum_counters(list(per_cpu.values()))
         result["tlb"] = {"profile": machine.hw.profile.name,
-                         "total": _sum_counters(list(per_cpu.values())),
+                         "total": total,
+                         "neutral": machine.hw.neutral(total),
                          "per_cpu": per_cpu,
                          "unresolved_faults": machine.unresolved_faults,
                          "unresolved_first": machine.unresolved,

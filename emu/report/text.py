@@ -47,6 +47,22 @@ def _time_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _neutral_lines(nt: dict[str, Any] | None) -> list[str]:
+    """emu's own counts that mean the same on x86-64 and arm64, for side-by-side reading."""
+    if not nt:
+        return []
+    sizes = ", ".join(f"{k} {v:,}" for k, v in nt["walks_by_size"].items())
+    return ["", " TLB, architecture-neutral (same definitions on x86-64 and arm64; the vendor"
+            " events above differ):",
+            f"{nt['l1_dtlb_misses_per_1k']:>16,.3f}      L1 dTLB misses per 1k data accesses"
+            f" ({nt['l1_dtlb_misses']:,} of {nt['data_accesses']:,})",
+            f"{nt['data_walks_per_1k']:>16,.3f}      data page walks per 1k data accesses"
+            f" ({nt['data_walks']:,}; instruction walks {nt['instr_walks']:,})",
+            f"   walks by page size: {sizes} (faulted: ended in a page fault, then walked again)",
+            f"{nt['walk_refs']:>16,}      walk memory references"
+            f" ({nt['walk_refs_per_walk']:.2f} per walk)"]
+
+
 def render(result: dict[str, Any], verbose: bool = False) -> str:
     lines: list[str] = []
     add = lines.append
@@ -77,6 +93,7 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             add("   per CPU: " + ", ".join(keys))
             for cpu, c in tlb["per_cpu"].items():
                 add(f"   cpu {cpu:>3}: " + "  ".join(f"{c.get(k, 0):>12,}" for k in keys))
+        lines += _neutral_lines(tlb.get("neutral"))
         utlb = tlb.get("utlb") or {}
         if utlb.get("entries"):
             add(f"{_n(utlb['hits'])}      micro-TLB hits (--utlb {utlb['entries']}: counted as"
