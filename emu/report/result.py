@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from emu import __version__
+from emu.arch import PMD_SIZE
 
 SCHEMA_VERSION = 1
 
@@ -67,6 +68,7 @@ def build_result(machine: Any, binary: str, argv: list[str],
         "syscall_counts": dict(sorted(names.items())),
         "syscalls": machine.syscall_log,
         "markers": machine.markers,
+        "placement": qemu_placement(vmas),
     }
     if machine.hw is not None:
         cpus = sorted({t.vcpu for t in machine.all_threads})
@@ -97,6 +99,23 @@ def build_result(machine: Any, binary: str, argv: list[str],
         result["khugepaged"]["guest_stalls"] = {"count": machine.collapse_stalls,
                                                 "total_ns": int(machine.collapse_stall_ns)}
     return result
+
+
+def qemu_placement(vmas: list[dict[str, Any]]) -> dict[str, Any]:
+    """What QEMU's own mmap placement cost in PMD-mappable ranges, from the final layout.
+
+    QEMU user-mode picks mmap addresses itself, page-aligned; Linux (6.8+, and
+    since 6.13 for lengths that are a multiple of the PMD size) aligns such
+    anonymous mappings to the PMD size, so each of them holds one more whole
+    aligned PMD range natively than under QEMU (docs/status.md).
+    """
+    hit = [v for v in vmas if v["kind"] == "anon" and v["start"] is not None
+           and (v["end"] - v["start"]) % PMD_SIZE == 0 and v["start"] % PMD_SIZE]
+    return {"unaligned_pmd_multiple_mappings": len(hit),
+            "pmd_ranges_lost": len(hit),
+            "pmd_ranges_present": sum((v["end"] & -PMD_SIZE) - ((v["start"] + PMD_SIZE - 1)
+                                                               & -PMD_SIZE) for v in hit)
+            // PMD_SIZE}
 
 
 def _process_ns(threads: list[Any], ns: float) -> int:

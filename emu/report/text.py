@@ -142,6 +142,14 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
     if hidden:
         add(f"   {hidden} VMA{'s' if hidden > 1 else ''} without data accesses not shown;"
             " -v lists them")
+    place = result.get("placement") or {}
+    if place.get("pmd_ranges_lost"):
+        n = place["unaligned_pmd_multiple_mappings"]
+        add(f"   note: QEMU places mmap itself, page-aligned: {n} anonymous mapping"
+            f"{'s' if n > 1 else ''} of a 2 MiB-multiple length start off a 2 MiB boundary,"
+            f" so {place['pmd_ranges_present']} whole PMD ranges instead of"
+            f" {place['pmd_ranges_present'] + place['pmd_ranges_lost']} as Linux 6.8+ would"
+            " align them (docs/status.md)")
     counts = result["syscall_counts"]
     if counts:
         add("")
