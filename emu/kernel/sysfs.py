@@ -213,7 +213,7 @@ def load_toml(path: str | Path) -> list[Setting]:
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise EmuError(f"--config {path}: no such file") from None
+        raise EmuError(f"--config {path}: file not found") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise EmuError(f"--config {path}: cannot read: {e}") from None
     return settings_from_toml(data, f"--config {path}")
