@@ -252,11 +252,14 @@ class Khugepaged:
         if self.next_wake_ns is not None:
             return (f"no time: the run ended at {end_ns / 1e6:.3f} ms of simulated time, before"
                     f" the first wake at {self.next_wake_ns / 1e6:.3f} ms")
+        if not self.mms_registered and self._next_sweep_ns > end_ns:
+            return (f"no time: nothing was registered at emu's last check (it checks every"
+                    " scan_sleep_millisecs, standing in for the kernel's registration at fault"
+                    f" time); the run ended at {end_ns / 1e6:.3f} ms, before the next check at"
+                    f" {self._next_sweep_ns / 1e6:.3f} ms")
         if not self.mms_registered:
-            return (f"nothing registered by the end ({end_ns / 1e6:.3f} ms): no mm had a VMA"
-                    " khugepaged could collapse when checked (MADV_HUGEPAGE, and emu's check"
-                    " every scan_sleep_millisecs, next due at"
-                    f" {self._next_sweep_ns / 1e6:.3f} ms)")
+            return ("nothing registered: no mm had a VMA khugepaged could collapse"
+                    " (THP-eligible, with a whole aligned PMD range)")
         return "its mms exited before it woke"
 
     def stats(self) -> dict:

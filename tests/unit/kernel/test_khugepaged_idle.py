@@ -17,3 +17,13 @@ def test_no_time_reason_names_the_wake() -> None:
                                       " before the first wake at 5.000 ms")
     sim.tick(5_000_000)
     assert kh.passes == 1 and kh.why_idle(6_000_000) is None
+
+
+def test_nothing_registered_when_checks_ran_and_found_nothing() -> None:
+    sim = Scenario("arm64", thp=ThpConfig(enabled="always"), preset="fast")
+    kh = sim.khugepaged
+    kh.run(0)                       # emu's registration check: no mm at all
+    kh.run(5_000_000)
+    assert kh.why_idle(5_000_000).startswith("nothing registered: no mm had a VMA")
+    sim.thp.enabled = "never"
+    assert kh.why_idle(5_000_000).startswith("THP disabled")
