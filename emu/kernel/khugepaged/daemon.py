@@ -252,14 +252,16 @@ class Khugepaged:
         if self.next_wake_ns is not None:
             return (f"no time: the run ended at {end_ns / 1e6:.3f} ms of simulated time, before"
                     f" the first wake at {self.next_wake_ns / 1e6:.3f} ms")
-        if not self.mms_registered and self._next_sweep_ns > end_ns:
+        interval = max(1, self.knobs.scan_sleep_millisecs) * NS_PER_MS
+        if not self.mms_registered and end_ns < interval:    # one check only, at the start
             return (f"no time: nothing was registered at emu's last check (it checks every"
                     " scan_sleep_millisecs, standing in for the kernel's registration at fault"
                     f" time); the run ended at {end_ns / 1e6:.3f} ms, before the next check at"
                     f" {self._next_sweep_ns / 1e6:.3f} ms")
         if not self.mms_registered:
             return ("nothing registered: no mm had a VMA khugepaged could collapse"
-                    " (THP-eligible, with a whole aligned PMD range)")
+                    " (THP-eligible, with a whole aligned PMD range) at any of emu's checks,"
+                    f" every {interval / 1e6:g} ms")
         return "its mms exited before it woke"
 
     def stats(self) -> dict:
