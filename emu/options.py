@@ -23,7 +23,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="transparent_hugepage/enabled: always, madvise or never")
     g.add_argument("--mthp", metavar="SIZES",
                    help="per-size enabled, e.g. 64K=always,2M=inherit")
-    g.add_argument("--config", metavar="TOML", help="THP/khugepaged settings file")
+    g.add_argument("--config", metavar="TOML",
+                   help="settings file with the --sysfs paths as keys, e.g. enabled ="
+                        ' "madvise" and a [khugepaged] table (docs/usage.md)')
+    g.add_argument("--sysfs", action="append", metavar="PATH=VALUE", default=[],
+                   help="write a file under /sys/kernel/mm/transparent_hugepage/ before the"
+                        " program starts, e.g. khugepaged/max_ptes_none=0,"
+                        " hugepages-64kB/enabled=always, defrag=never (repeatable; after"
+                        " --config, --thp and --mthp)")
     g.add_argument("--memory", metavar="SIZE", default="4G",
                    help="simulated physical memory, e.g. 4G or 512M (default 4G)")
     g.add_argument("--fragment", metavar="FRACTION[:ORDER]",
@@ -31,8 +38,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         " pin one frame, so higher-order allocations can fail (ORDER default 0)")
     g.add_argument("--at-mark", action="append", metavar="ID:SETTING", default=[],
                    help="when the guest calls emu_mark(ID), apply SETTING as an admin writing"
-                        " sysfs would: thp=MODE, mthp=SIZES or a khugepaged knob, e.g."
-                        " 2:thp=always, 2:mthp=64K=always, 2:max_ptes_none=0 (repeatable)")
+                        " sysfs would: thp=MODE, mthp=SIZES, a khugepaged knob or a --sysfs"
+                        " path, e.g. 2:thp=always, 2:mthp=64K=always, 2:max_ptes_none=0,"
+                        " 2:hugepages-64kB/enabled=always (repeatable)")
     g.add_argument("--khugepaged", choices=["off", "default", "fast"], default="off",
                    help="the khugepaged thread: off (the default; MADV_COLLAPSE still"
                         " works), default (the kernel's settings) or fast (a preset that"

@@ -79,27 +79,43 @@ class ModelPlan:
     profile: Any | None    # TlbProfile, None with --no-hw
     frames: int
     fragment: tuple[float, int]
-    marks: list[tuple[int, str, Any]]
+    marks: list[tuple[int, list[Any]]]   # (emu_mark id, [sysfs.Setting])
+    knobs: list[Any] = dataclasses.field(default_factory=list)  # khugepaged sysfs.Settings
 
 
 def plan_model(arch: str, args: argparse.Namespace) -> ModelPlan:
-    """Parse and check the model options (raises EmuError on bad input)."""
+    """Parse and check the model options (raises EmuError on bad input).
+
+    THP settings stack as an admin's writes would: the kernel's defaults, the
+    --config file, --thp and --mthp, then each --sysfs in order.  khugepaged's
+    knobs: the --khugepaged preset, then the file's and --sysfs's.
+    """
     from emu.kernel.config import ThpConfig, config_from_cli
 
     if not args.ns_per_insn > 0:
         raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
+    from_file: list[Any] = []       # sysfs.Setting
+    from_cli: list[Any] = []
+    if args.config or getattr(args, "sysfs", None):
+        from emu.kernel import sysfs
+        from_file = sysfs.load_toml(args.config) if args.config else []
+        from_cli = [sysfs.parse_assignment(text) for text in args.sysfs or ()]
     profile = None
-    if args.no_hw:
-        config = ThpConfig.kernel_defaults()
-    else:
+    config = ThpConfig.kernel_defaults()
+    if not args.no_hw:
         from emu.arch.profile import default_profile, load_profile
 
         profile = load_profile(args.profile or default_profile(arch))
         if profile.arch != arch:
             raise EmuError(f"profile {profile.name} is for {profile.arch}, the guest is {arch}")
-        config = config_from_cli(args.thp, args.mthp, toml=args.config)
+        for s in from_file:
+            s.apply(config)
+        config = config_from_cli(args.thp, args.mthp, base=config)
+        for s in from_cli:
+            s.apply(config)
     return ModelPlan(args, config, profile, _memory_frames(args.memory),
-                     _fragment(args.fragment), _parse_marks(args.at_mark, args.no_hw))
+                     _fragment(args.fragment), _parse_marks(args.at_mark, args.no_hw),
+                     [s for s in from_file + from_cli if s.target == "khugepaged"])
 
 
 def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan) -> Machine:
@@ -125,6 +141,8 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
         # MADV_COLLAPSE works whether or not the khugepaged thread runs.
         knobs = KhugepagedKnobs.preset("default" if args.khugepaged == "off"
                                        else args.khugepaged)
+        for s in plan.knobs:          # written after the preset: they override it
+            s.apply(knobs=knobs)
     kernel = Kernel(arch, plan.config, hw, physmem, fragment=frac, fragment_max_order=order,
                     khugepaged=knobs, algo=args.collapse_algo,
                     strategy=getattr(args, "collapse_strategy", "pmd"))
@@ -133,15 +151,13 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
     return machine
 
 
-def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
-    """--at-mark ID:SETTING as (id, setting, value), checked before the guest runs."""
+def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, list[Any]]]:
+    """--at-mark ID:SETTING as (id, [sysfs.Setting]), checked before the guest runs."""
     if not specs:
         return []   # and no numpy import before QEMU starts
-    from emu.kernel.config import parse_mthp, parse_thp
-    from emu.kernel.khugepaged.knobs import KhugepagedKnobs
+    from emu.kernel.sysfs import parse_mark_setting
 
-    marks: list[tuple[int, str, Any]] = []
-    knobs = set(KhugepagedKnobs.names())
+    marks: list[tuple[int, list[Any]]] = []
     for spec in specs:
         mark, _, setting = spec.partition(":")
         name, _, value = setting.partition("=")
@@ -149,42 +165,33 @@ def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
             mark_id = int(mark, 0)
         except ValueError:
             raise EmuError(f"--at-mark {spec}: give ID:SETTING, e.g. 2:thp=always") from None
-        if name == "thp":
-            parsed: Any = parse_thp(value)
-        elif name == "mthp":
-            parsed = parse_mthp(value)
-        elif name in knobs:
-            if no_hw:
-                raise EmuError(f"--at-mark {spec}: khugepaged knobs need the model (not --no-hw)")
-            try:
-                parsed = int(value, 0)
-            except ValueError:
-                raise EmuError(f"--at-mark {spec}: {name} takes a number") from None
-            KhugepagedKnobs.preset().set(name, parsed)      # the sysfs range check, now
-        else:
-            raise EmuError(f"--at-mark {spec}: unknown setting {name!r} (thp, mthp or a "
-                           "khugepaged knob)")
-        marks.append((mark_id, name, parsed))
+        parsed = parse_mark_setting(name.strip(), value, f"--at-mark {mark}:")
+        if no_hw and any(s.target == "khugepaged" for s in parsed):
+            raise EmuError(f"--at-mark {spec}: khugepaged knobs need the model (not --no-hw)")
+        marks.append((mark_id, parsed))
     return marks
 
 
-def _mark_actions(marks: list[tuple[int, str, Any]], machine: Machine) -> dict[int, list[Any]]:
+def _mark_actions(marks: list[tuple[int, list[Any]]],
+                  machine: Machine) -> dict[int, list[Any]]:
     """The parsed --at-mark settings as calls on this machine's kernel and khugepaged."""
     actions: dict[int, list[Any]] = {}
-    cfg = machine.kernel.config
-    for mark_id, name, value in marks:
-        if name == "thp":
-            action = partial(setattr, cfg, "enabled", value)
-        elif name == "mthp":
-            action = partial(cfg.hugepages.update, value)
-        else:
-            action = partial(_set_knob, machine, name, value)
-        actions.setdefault(mark_id, []).append(action)
+    for mark_id, settings in marks:
+        for setting in settings:
+            actions.setdefault(mark_id, []).append(partial(_write_sysfs, machine, setting))
     return actions
 
 
-def _set_knob(machine: Machine, name: str, value: int) -> None:
-    machine.khugepaged.set_knob(name, value, int(machine.now_ns))
+def _write_sysfs(machine: Machine, setting: Any) -> None:
+    """One sysfs write while the guest runs, with the kernel's side effects."""
+    now = int(machine.now_ns)
+    kh = machine.khugepaged
+    if setting.target == "khugepaged":
+        kh.set_knob(setting.name, setting.value, now)    # sleep times wake the thread
+        return
+    setting.apply(config=machine.kernel.config)
+    if kh is not None:
+        kh.start_stop(now)        # start_stop_khugepaged() after an enabled write
 
 
 def _memory_frames(text: str) -> int:

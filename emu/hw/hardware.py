@@ -9,13 +9,14 @@ Nothing here allocates frames or decides policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from emu.arch import SIZE_NAMES, Arch
 from emu.arch.profile import Profile
 from emu.hw import kernels as K
-from emu.hw.counters import FLUSH_KINDS, name_counters
+from emu.hw.counters import FLUSH_KINDS, name_counters, neutral
 from emu.mem import PhysMem
 
 FAULT_REASONS = {
@@ -371,6 +372,11 @@ class Hardware:
         """This vCPU's counters, under the names perf and the PMU manuals use."""
         return name_counters(self, self.cnt[cpu], self.flush_issued[cpu],
                              self.flush_received[cpu], int(self.entries_flushed[cpu]))
+
+    @staticmethod
+    def neutral(total: dict[str, int]) -> dict[str, Any]:
+        """The architecture-neutral block of summed counters (emu.hw.counters.neutral)."""
+        return neutral(total)
 
     def totals(self) -> dict[str, int]:
         return name_counters(self, self.cnt.sum(axis=0), self.flush_issued.sum(axis=0),

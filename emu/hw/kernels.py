@@ -83,17 +83,20 @@ C_D_SET = 37
 C_DIRTY_ASSIST = 38
 C_PERM_REWALK = 39
 C_COAL_FILLS = 40
-C_WALKS_FAULTED = 41
+C_WALKS_FAULTED = 41   # all kinds; per kind below
 C_L1D_LOADS = 42       # lookups (records), not accesses
 C_L1D_STORES = 43
 C_L1I_LOOKUPS = 44
-NR_COUNTERS = 48
+C_WALK_FAULT_LOAD = 45     # + kind: walks that ended in a fault (no translation)
+C_MISS_FAULT_LOAD = 48     # + kind: of those, accesses that had missed the L1 TLB
+NR_COUNTERS = 51
 # run_kernel indexes per-kind counters as base + kind (and walks as base + 6*kind + size).
 assert (C_STORES, C_FETCHES) == (C_LOADS + K_WRITE, C_LOADS + K_FETCH)
 assert (C_L1D_STORES, C_L1I_LOOKUPS) == (C_L1D_LOADS + 1, C_L1D_LOADS + 2)
 assert (C_L1D_STORE_MISS, C_L1I_MISS) == (C_L1D_LOAD_MISS + 1, C_L1D_LOAD_MISS + 2)
 assert (C_L2_STORE_HIT, C_L2_FETCH_HIT) == (C_L2_LOAD_HIT + 1, C_L2_LOAD_HIT + 2)
 assert (C_WALK_STORE, C_WALK_FETCH) == (C_WALK_LOAD + 6, C_WALK_LOAD + 12)
+assert C_MISS_FAULT_LOAD == C_WALK_FAULT_LOAD + 3
 
 # Flags a hit needs, per kind (4 bits each): a write a dirty entry, a fetch an executable one.
 NEED_BY_KIND = (F_DIRTY << 4 * K_WRITE) | (F_X << 4 * K_FETCH)
@@ -737,6 +740,9 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
             if size < 0:
                 cnt[U(C_FAULTS)] += 1
                 cnt[U(C_WALKS_FAULTED)] += 1
+                cnt[U(C_WALK_FAULT_LOAD + kind)] += 1
+                if l1_absent:            # an L1 (and L2) lookup that refilled nothing
+                    cnt[U(C_MISS_FAULT_LOAD + kind)] += 1
                 # The access retires once, after the kernel handled the fault and
                 # the machine replays the event; the misses and the walk did happen.
                 cnt[U(C_LOADS + kind)] -= n

@@ -84,6 +84,10 @@ class ThpConfig:
         """Build from a dict shaped like data/thp_defaults.toml (see docs/kernel.md)."""
         base = cls()
         tp = data.get("transparent_hugepage", data)
+        unknown = sorted(set(tp) - {"enabled", "defrag", "use_zero_page", "hugepages"})
+        if unknown:
+            # Nothing is silently ignored (emu.kernel.sysfs reads --config files).
+            raise EmuError(f"unknown THP setting {unknown[0]!r}")
         try:
             cfg = cls(
                 enabled=str(tp.get("enabled", base.enabled)),

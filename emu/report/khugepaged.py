@@ -40,12 +40,17 @@ class CollapseLog:
                 "madvise_collapse": [r.to_json() for r in self.madvise]}
 
 
+def _next_wake(kh: dict[str, Any]) -> str:
+    wake = kh.get("next_wake_ns")
+    return "; asleep" if wake is None else f"; next wake at {wake / 1e6:,.3f} ms"
+
+
 def render(r: dict[str, Any]) -> str:
     """Text lines for khugepaged / MADV_COLLAPSE activity (section() as input)."""
     kh = r["khugepaged"]
     lines = [f" khugepaged ({kh['algo']}): {kh['passes']} passes, full_scans {kh['full_scans']},"
              f" pages_collapsed {kh['pages_collapsed']}, busy {kh['busy_ns'] / 1e6:.3f} ms"
-             " (estimated)"]
+             " (estimated)" + _next_wake(kh)]
     if kh["results"]:
         lines.append("   PMD scans by result: " + ", ".join(
             f"{name} {n}" for name, n in kh["results"].items()))

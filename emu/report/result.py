@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from emu import __version__
+from emu.arch import PMD_SIZE
 
 SCHEMA_VERSION = 1
 
@@ -24,6 +25,7 @@ def build_result(machine: Any, binary: str, argv: list[str],
                  exit_status: int | None) -> dict[str, Any]:
     """The whole run as plain data: counts first, model details after."""
     procs = sorted(machine.processes.values(), key=lambda p: p.pid)
+    ns = machine.options.ns_per_insn
     vmas: list[dict[str, Any]] = []
     processes = []
     reads = writes = touched = 0
@@ -36,13 +38,15 @@ def build_result(machine: Any, binary: str, argv: list[str],
         touched += proc.pages.nr_pages
         threads = [t for t in machine.all_threads if t.pid == proc.pid]
         processes.append({
+            "sim_ns": _process_ns(threads, ns),
             "pid": proc.pid, "parent": proc.parent, "exit_status": proc.exit_status,
             "instructions": sum(t.instructions for t in threads),
             "accesses": {"read": int(r.sum()), "write": int(w.sum())},
             "pages_touched": proc.pages.nr_pages,
         })
     vcpus = [{"pid": t.pid, "vcpu": t.vcpu, "thread": t.index, "instructions": t.instructions,
-              "stall_ns": int(t.stall_ns), "collapse_faults": t.collapse_faults,
+              "stall_ns": int(t.stall_ns), "sim_ns": int(t.instructions * ns + t.stall_ns),
+              "collapse_faults": t.collapse_faults,
               "collapse_wait_ns": int(t.collapse_wait_ns),
               "collapse_tlb_hits": t.collapse_tlb_hits}
              for t in machine.all_threads]
@@ -59,18 +63,23 @@ def build_result(machine: Any, binary: str, argv: list[str],
         "fetch_page_changes": machine.nr_fetch,
         "pages_touched": touched,
         "events": machine.nr_events,
+        # The model's clock: instructions x ns_per_insn plus the stalls it charged.
+        "time": {"ns_per_insn": ns, "elapsed_ns": int(machine.now_ns)},
         "processes": processes,
         "vcpus": vcpus,
         "vmas": vmas,
         "syscall_counts": dict(sorted(names.items())),
         "syscalls": machine.syscall_log,
         "markers": machine.markers,
+        "placement": qemu_placement(vmas),
     }
     if machine.hw is not None:
         cpus = sorted({t.vcpu for t in machine.all_threads})
         per_cpu = {str(c): machine.hw.counters(c) for c in cpus}
+        total = _sum_counters(list(per_cpu.values()))
         result["tlb"] = {"profile": machine.hw.profile.name,
-                         "total": _sum_counters(list(per_cpu.values())),
+                         "total": total,
+                         "neutral": machine.hw.neutral(total),
                          "per_cpu": per_cpu,
                          "unresolved_faults": machine.unresolved_faults,
                          "unresolved_first": machine.unresolved,
@@ -92,6 +101,8 @@ def build_result(machine: Any, binary: str, argv: list[str],
         result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
         # Whether the thread ran (--khugepaged); MADV_COLLAPSE works either way.
         result["khugepaged"]["thread"] = bool(machine.options.khugepaged)
+        if machine.options.khugepaged:
+            result["khugepaged"]["idle_reason"] = machine.khugepaged.why_idle(machine.now_ns)
         result["khugepaged"]["guest_stalls"] = {
             "count": machine.collapse_stalls, "total_ns": int(machine.collapse_stall_ns),
             "faults": sum(t.collapse_faults for t in machine.all_threads),
@@ -99,6 +110,31 @@ def build_result(machine: Any, binary: str, argv: list[str],
                                               for t in machine.all_threads)}
         result["khugepaged"]["strategy"] = machine.khugepaged.cc.strategy
     return result
+
+
+def qemu_placement(vmas: list[dict[str, Any]]) -> dict[str, Any]:
+    """What QEMU's own mmap placement cost in PMD-mappable ranges, from the final layout.
+
+    QEMU user-mode picks mmap addresses itself, page-aligned; Linux (6.8+, and
+    since 6.13 for lengths that are a multiple of the PMD size) aligns such
+    anonymous mappings to the PMD size, so each of them holds one more whole
+    aligned PMD range natively than under QEMU (docs/status.md).
+    """
+    hit = [v for v in vmas if v["kind"] == "anon" and v["start"] is not None
+           and (v["end"] - v["start"]) % PMD_SIZE == 0 and v["start"] % PMD_SIZE]
+    return {"unaligned_pmd_multiple_mappings": len(hit),
+            "pmd_ranges_lost": len(hit),
+            "pmd_ranges_present": sum((v["end"] & -PMD_SIZE) - ((v["start"] + PMD_SIZE - 1)
+                                                               & -PMD_SIZE) for v in hit)
+            // PMD_SIZE}
+
+
+def _process_ns(threads: list[Any], ns: float) -> int:
+    """A process's simulated span: its threads run at once, each on its own vCPU."""
+    if not threads:
+        return 0
+    return int(max(t.last_icount * ns + t.stall_ns for t in threads)
+               - min(t.first_icount for t in threads) * ns)
 
 
 def at_mark_report(specs: list[str], markers: list[dict[str, Any]]) -> list[dict[str, Any]]:

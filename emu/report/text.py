@@ -21,6 +21,48 @@ def _hex(x: int | None) -> str:
     return "-" if x is None else f"{x:#014x}"
 
 
+def _time(ns: float) -> str:
+    """A simulated duration in the unit that reads best."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:,.3f} {unit}"
+    return f"{ns:,.0f} ns"
+
+
+def _time_lines(result: dict[str, Any]) -> list[str]:
+    """Simulated time: the clock, then per process and vCPU when there are several."""
+    t = result.get("time")
+    if not t:
+        return []
+    stalls = sum(v["stall_ns"] for v in result["vcpus"])
+    lines = [f"{_time(t['elapsed_ns']):>16}      simulated time ({t['ns_per_insn']:g} ns per"
+             f" instruction{f', {_time(stalls)} stalled' if stalls else ''})"]
+    if len(result["vcpus"]) > 1:
+        lines.append("   per process: " + ", ".join(
+            f"pid {p['pid']} {_time(p['sim_ns'])}" for p in result["processes"]))
+        lines.append("   per vCPU [pid:vcpu]: " + ", ".join(
+            f"[{v['pid']}:{v['vcpu']}] {_time(v['sim_ns'])}"
+            + (f" (stalled {_time(v['stall_ns'])})" if v["stall_ns"] else "")
+            for v in result["vcpus"]))
+    return lines
+
+
+def _neutral_lines(nt: dict[str, Any] | None) -> list[str]:
+    """emu's own counts that mean the same on x86-64 and arm64, for side-by-side reading."""
+    if not nt:
+        return []
+    sizes = ", ".join(f"{k} {v:,}" for k, v in nt["walks_by_size"].items())
+    return ["", " TLB, architecture-neutral (same definitions on x86-64 and arm64; the vendor"
+            " events above differ):",
+            f"{nt['l1_dtlb_misses_per_1k']:>16,.3f}      L1 dTLB misses per 1k data accesses"
+            f" ({nt['l1_dtlb_misses']:,} of {nt['data_accesses']:,})",
+            f"{nt['data_walks_per_1k']:>16,.3f}      data page walks per 1k data accesses"
+            f" ({nt['data_walks']:,}; instruction walks {nt['instr_walks']:,})",
+            f"   walks by page size: {sizes} (faulted: ended in a page fault, then walked again)",
+            f"{nt['walk_refs']:>16,}      walk memory references"
+            f" ({nt['walk_refs_per_walk']:.2f} per walk)"]
+
+
 def render(result: dict[str, Any], verbose: bool = False) -> str:
     lines: list[str] = []
     add = lines.append
@@ -39,6 +81,7 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
     add(f"{_n(result['pages_touched'])}      pages touched (4 KiB)")
     add(f"{_n(len(result['vcpus']))}      vCPUs (guest threads)")
     add(f"{_n(len(result['processes']))}      processes")
+    lines += _time_lines(result)
     tlb = result.get("tlb")
     if tlb:
         add("")
@@ -50,6 +93,7 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             add("   per CPU: " + ", ".join(keys))
             for cpu, c in tlb["per_cpu"].items():
                 add(f"   cpu {cpu:>3}: " + "  ".join(f"{c.get(k, 0):>12,}" for k in keys))
+        lines += _neutral_lines(tlb.get("neutral"))
         utlb = tlb.get("utlb") or {}
         if utlb.get("entries"):
             add(f"{_n(utlb['hits'])}      micro-TLB hits (--utlb {utlb['entries']}: counted as"
@@ -72,6 +116,8 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         from emu.report.khugepaged import render as render_report
         add("")
         add(render_report(kh))
+        if kh.get("idle_reason"):
+            add(f"   khugepaged never ran: {kh['idle_reason']}")
         stalls = result["khugepaged"].get("guest_stalls", {})
         if stalls.get("count"):
             add(f"   guest threads stalled on a PMD being collapsed: {stalls['count']:,} times,"
@@ -96,6 +142,14 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
     if hidden:
         add(f"   {hidden} VMA{'s' if hidden > 1 else ''} without data accesses not shown;"
             " -v lists them")
+    place = result.get("placement") or {}
+    if place.get("pmd_ranges_lost"):
+        n = place["unaligned_pmd_multiple_mappings"]
+        add(f"   note: QEMU places mmap itself, page-aligned: {n} anonymous mapping"
+            f"{'s' if n > 1 else ''} of a 2 MiB-multiple length start off a 2 MiB boundary,"
+            f" so {place['pmd_ranges_present']} whole PMD ranges instead of"
+            f" {place['pmd_ranges_present'] + place['pmd_ranges_lost']} as Linux 6.8+ would"
+            " align them (docs/status.md)")
     counts = result["syscall_counts"]
     if counts:
         add("")

@@ -116,6 +116,13 @@ def _check_khugepaged(r: Run) -> None:
     assert "emu_mark(2): thp=always" in r.stderr
 
 
+def _check_max_ptes_none(r: Run) -> None:
+    _summary(r)
+    assert "thp_scan_exceed_none_pte" in r.stderr
+    assert re.search(r"khugepaged \(v19\): [1-9]\d* passes", r.stderr), r.stderr[-2000:]
+    assert "pages_collapsed 0" in r.stderr and "emu_mark(2): enabled=always" in r.stderr
+
+
 def _check_gzip(r: Run) -> None:
     _summary(r)
     assert "micro-TLB hits (--utlb 64" in r.stderr
@@ -146,6 +153,9 @@ EXAMPLES: dict[str, Example] = {
     "build/guest/arm64/sparse -i 5000":
         Example(_check_khugepaged, [("emu run ", "emu run --json khugepaged.json ")],
                 why="the collapse is checked in the JSON"),
+    ".venv/bin/emu run --khugepaged fast --sysfs enabled=never --sysfs khugepaged/max_ptes_none=0"
+    " --at-mark 2:enabled=always -- build/guest/arm64/sparse -i 5000":
+        Example(_check_max_ptes_none),
     ".venv/bin/emu run --utlb 64 -- /bin/busybox gzip -c big.txt > big.gz":
         Example(_check_gzip, why="big.txt: a generated 256 KiB text file"),
     ".venv/bin/emu replay --thp never run.emutrace": Example(_no_thp),

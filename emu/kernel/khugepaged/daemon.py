@@ -60,6 +60,7 @@ class Khugepaged:
         self.next_wake_ns: int | None = None   # None: asleep until an mm is registered
         self.busy_ns = 0                       # time spent running passes
         self.now_ns = 0                        # the simulated time the machine last gave
+        self.mms_registered = 0                # __khugepaged_enter() calls that added an mm
         self._next_sweep_ns = 0
         self._pass: Steps | None = None        # the pass in progress, as steps
         self._pass_start = 0
@@ -87,6 +88,7 @@ class Khugepaged:
             return False
         wakeup = not self.mm_slots
         self.mm_slots.append(mm)
+        self.mms_registered += 1
         if wakeup and (self.next_wake_ns is None or self.next_wake_ns > now_ns):
             self.next_wake_ns = now_ns
         return True
@@ -317,6 +319,28 @@ class Khugepaged:
             self.k.current_cpu = saved
 
     # ------------------------------------------------------------ reporting
+    def why_idle(self, end_ns: float) -> str | None:
+        """Why a thread that was asked for ran no pass by end_ns, in one line (None: it ran)."""
+        if self.passes:
+            return None
+        if not hugepage_enabled(self.k.config):
+            return ("THP disabled: enabled=never and no hugepages-<size>kB/enabled is always or"
+                    " madvise, so hugepage_enabled() is false and the thread sleeps")
+        if self.next_wake_ns is not None:
+            return (f"no time: the run ended at {end_ns / 1e6:.3f} ms of simulated time, before"
+                    f" the first wake at {self.next_wake_ns / 1e6:.3f} ms")
+        interval = max(1, self.knobs.scan_sleep_millisecs) * NS_PER_MS
+        if not self.mms_registered and end_ns < interval:    # one check only, at the start
+            return (f"no time: nothing was registered at emu's last check (it checks every"
+                    " scan_sleep_millisecs, standing in for the kernel's registration at fault"
+                    f" time); the run ended at {end_ns / 1e6:.3f} ms, before the next check at"
+                    f" {self._next_sweep_ns / 1e6:.3f} ms")
+        if not self.mms_registered:
+            return ("nothing registered: no mm had a VMA khugepaged could collapse"
+                    " (THP-eligible, with a whole aligned PMD range) at any of emu's checks,"
+                    f" every {interval / 1e6:g} ms")
+        return "its mms exited before it woke"
+
     def stats(self) -> dict:
         """Counters under the sysfs names plus results by SCAN code."""
         return {
@@ -325,6 +349,8 @@ class Khugepaged:
             "passes": self.passes,
             "alloc_sleeps": self.alloc_sleeps,
             "busy_ns": self.busy_ns,
+            "next_wake_ns": self.next_wake_ns,
+            "mms_registered": self.mms_registered,
             "results": {r.name: n for r, n in sorted(self.results.items(),
                                                      key=lambda kv: kv[0].name)},
             "algo": self.cc.algo,

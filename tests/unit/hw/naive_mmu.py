@@ -286,6 +286,11 @@ class NaiveMachine:
             size, e = self._walk(cpu, asid, root, va, kind)
         except WalkFault as f:
             n["faults"] += 1
+            # Intel: walk_completed "can end with or without a fault"; Arm: no refill
+            # "if the translation table walk results in a fault" (docs/hardware.md).
+            n["walk_fault", kind] += 1
+            if hit is None:
+                n["refill_lost", kind] += 1
             n["acc", kind] -= count        # retired later, when the machine replays it
             self.fault = (va, KIND_NAMES[kind], f.level, f.reason)
             return None
@@ -536,52 +541,61 @@ class NaiveMachine:
         def walks(kind: int, sizes: Iterable[int] = range(6)) -> int:
             return sum(n["walk", kind, z] for z in sizes)
 
+        def tried(kind: int) -> int:           # walks that found a page, and those that faulted
+            return walks(kind) + n["walk_fault", kind]
+
+        def refills(kind: int) -> int:         # L1 misses that brought a translation
+            return n["l1_miss", kind] - n["refill_lost", kind]
+
         out: dict[str, int] = {}
         names = self.arch.level_names
         if self.x86:
             out["dTLB-loads"] = n["acc", READ]
-            out["dTLB-load-misses"] = walks(READ)
+            out["dTLB-load-misses"] = tried(READ)
             out["dTLB-stores"] = n["acc", WRITE]
-            out["dTLB-store-misses"] = walks(WRITE)
+            out["dTLB-store-misses"] = tried(WRITE)
             out["iTLB-loads"] = n["acc", FETCH]
-            out["iTLB-load-misses"] = walks(FETCH)
+            out["iTLB-load-misses"] = tried(FETCH)
             for pfx, k in (("dtlb_load_misses", READ), ("dtlb_store_misses", WRITE),
                            ("itlb_misses", FETCH)):
-                out[f"{pfx}.walk_completed"] = walks(k)
+                out[f"{pfx}.walk_completed"] = tried(k)
                 out[f"{pfx}.walk_completed_4k"] = walks(k, (S4K, S16K))
                 out[f"{pfx}.walk_completed_2m_4m"] = walks(k, (S2M,))
                 out[f"{pfx}.walk_completed_1g"] = walks(k, (S1G,))
                 out[f"{pfx}.stlb_hit"] = n["l2_hit", k]
-            out["emu.l1_dtlb_load_misses"] = n["l1_miss", READ]
-            out["emu.l1_dtlb_store_misses"] = n["l1_miss", WRITE]
-            out["emu.l1_itlb_misses"] = n["l1_miss", FETCH]
             out["emu.coalesced_16k_fills"] = n["coal"]
             for lvl in range(3):
                 out[f"emu.psc_hits.{names[lvl]}"] = n["psc_hit", lvl]
             out["emu.ad_updates.accessed"] = n["a_set"]
             out["emu.ad_updates.dirty"] = n["d_set"]
         else:
-            l1d_refill = n["l1_miss", READ] + n["l1_miss", WRITE]
             out["dTLB-loads"] = n["acc", READ]
-            out["dTLB-load-misses"] = n["l1_miss", READ]
+            out["dTLB-load-misses"] = refills(READ)
             out["dTLB-stores"] = n["acc", WRITE]
-            out["dTLB-store-misses"] = n["l1_miss", WRITE]
+            out["dTLB-store-misses"] = refills(WRITE)
             out["iTLB-loads"] = n["acc", FETCH]
-            out["iTLB-load-misses"] = n["l1_miss", FETCH]
+            out["iTLB-load-misses"] = refills(FETCH)
             out["L1D_TLB"] = n["acc", READ] + n["acc", WRITE]
-            out["L1D_TLB_REFILL"] = l1d_refill
+            out["L1D_TLB_REFILL"] = refills(READ) + refills(WRITE)
             out["L1I_TLB"] = n["acc", FETCH]
-            out["L1I_TLB_REFILL"] = n["l1_miss", FETCH]
-            out["L2D_TLB"] = l1d_refill + n["l1_miss", FETCH]
-            out["L2D_TLB_REFILL"] = out["L2D_TLB"] - sum(n["l2_hit", k] for k in range(3))
-            out["DTLB_WALK"] = walks(READ) + walks(WRITE)
-            out["ITLB_WALK"] = walks(FETCH)
+            out["L1I_TLB_REFILL"] = refills(FETCH)
+            out["L2D_TLB"] = sum(n["l1_miss", k] for k in range(3))
+            out["L2D_TLB_REFILL"] = sum(n["l1_miss", k] - n["l2_hit", k] - n["refill_lost", k]
+                                        for k in range(3))
+            out["DTLB_WALK"] = tried(READ) + tried(WRITE)
+            out["ITLB_WALK"] = tried(FETCH)
             out["emu.contpte_64k_fills"] = n["coal"]
             for lvl in range(3):
                 out[f"emu.walk_cache_hits.{names[lvl]}"] = n["psc_hit", lvl]
             out["emu.hw_af_updates"] = n["a_set"]
             out["emu.hw_dbm_updates"] = n["d_set"]
         out["emu.walk_cache_misses"] = n["psc_miss"]
+        out["emu.l1_dtlb_load_misses"] = n["l1_miss", READ]
+        out["emu.l1_dtlb_store_misses"] = n["l1_miss", WRITE]
+        out["emu.l1_itlb_misses"] = n["l1_miss", FETCH]
+        out["emu.faulted_walks"] = sum(n["walk_fault", k] for k in range(3))
+        out["emu.data_walks"] = tried(READ) + tried(WRITE)
+        out["emu.instr_walks"] = tried(FETCH)
         for z, name in enumerate(SIZE_NAMES):
             out[f"emu.walks.{name}"] = sum(n["walk", k, z] for k in range(3))
         for lvl in range(4):
