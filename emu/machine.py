@@ -20,7 +20,7 @@ import numpy as np
 
 from emu.arch import PMD_SIZE, syscalls
 from emu.counting import PageCounts
-from emu.kernel.thpmaps import vma_census
+from emu.kernel.thpmaps import mm_thpmaps, vma_census
 from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
 from emu.trace.columns import Columns
@@ -57,6 +57,7 @@ class Process:
     exit_status: int | None = None
     vmas: list[Any] = field(default_factory=list)   # snapshot taken at exit
     mapped: list[dict[str, int]] = field(default_factory=list)  # per VMA, at exit
+    thpmaps: dict[str, Any] | None = None   # kernel.thpmaps.mm_thpmaps at exit
     exited: bool = False
 
 
@@ -115,6 +116,13 @@ class Machine:
         self.collapse_stalls = 0
         self.collapse_stall_ns = 0.0
         self.collapse_log: CollapseLog | None = None
+        # emu_mark ids at which to take thpmaps of every live process (--inspect-at),
+        # and what was taken: {"mark", "instructions", **mm_thpmaps}.
+        self.inspect_marks: set[int] = set()
+        self.inspections: list[dict[str, Any]] = []
+        # Called at batch boundaries when set (emu.report's samplers); off by default.
+        # (with force=True before a process's memory is torn down at exit)
+        self.sampler: Callable[..., None] | None = None
         if self.khugepaged is not None:
             # A collapse clears the whole PMD it works in (mTHP collapse too, in v19).
             kernel.bus.subscribe("mm_collapse_huge_page", self._on_collapse)
@@ -158,6 +166,8 @@ class Machine:
             if lo < n:
                 self._special(events[lo], batch.syscalls)
                 lo += 1
+        if self.sampler is not None:
+            self.sampler(self)
 
     def _accesses(self, events: np.ndarray, lo: int, n: int) -> int:
         """The READ/WRITE/FETCH records from lo, one (pid, vCPU) run at a time.
@@ -199,10 +209,10 @@ class Machine:
         keep = ~hit
         return kinds[keep], addrs[keep], counts[keep]
 
-    def _translate(self, pid: int, cpu: int, kinds: np.ndarray, addrs: np.ndarray,
+    def _translate(self, pid: int, vcpu: int, kinds: np.ndarray, addrs: np.ndarray,
                    counts: np.ndarray) -> None:
         mm = self.kernel.mm(pid)
-        cpu %= self.hw.nr_cpus
+        cpu = vcpu % self.hw.nr_cpus
         i, n = 0, len(kinds)
         retries = 0
         while i < n:
@@ -213,6 +223,10 @@ class Machine:
             retries = retries + 1 if i == at else 0
             f = self.hw.fault
             access = _ACCESS[f.kind]
+            if self.kernel.bus.wants("emu_page_fault"):
+                th = self.threads[(pid, vcpu)]
+                self.kernel.bus.publish("emu_page_fault", self._thread_ns(th), pid=pid,
+                                        vcpu=vcpu, va=f.va, kind=f.kind, reason=f.reason)
             if (retries >= MAX_FAULT_RETRIES
                     or not self.kernel.handle_mm_fault(pid, cpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model
@@ -244,6 +258,7 @@ class Machine:
             hit = (addrs >= w.start) & (addrs < w.end) & (t >= w.t0) & (t < w.t1)
             if hit.any():
                 wait = w.t1 - float(t[int(np.argmax(hit))])
+                self._stalled(th, w.t1 - wait, wait, "collapse")
                 th.stall_ns += wait
                 w.waited.add(id(th))
                 self.collapse_stalls += 1
@@ -285,6 +300,10 @@ class Machine:
     def _marker(self, pid: int, vcpu: int, mark_id: int, icount: int) -> None:
         """emu_mark(id): record it, then run what the user asked for at this mark."""
         self.markers.append({"pid": pid, "vcpu": vcpu, "id": mark_id, "instructions": icount})
+        if mark_id in self.inspect_marks and self.kernel is not None and self.hw is not None:
+            for p in sorted(self.kernel.mms):
+                self.inspections.append({"mark": mark_id, "instructions": icount,
+                                         **mm_thpmaps(self.kernel, self.kernel.mm(p), with_runs=True)})
         for action in self.mark_actions.get(mark_id, ()):
             action()
 
@@ -302,7 +321,22 @@ class Machine:
         if self.kernel is not None:
             # MADV_COLLAPSE runs in the calling thread: its estimated duration is
             # that thread's time, as the guest would have waited for it.
-            self.threads[(pid, vcpu)].stall_ns += self.kernel.syscall(pid, vcpu, name, args, ret)
+            th = self.threads[(pid, vcpu)]
+            t0 = self._thread_ns(th)
+            wait = self.kernel.syscall(pid, vcpu, name, args, ret)
+            th.stall_ns += wait
+            if wait:
+                self._stalled(th, t0, wait, name)
+
+    def _thread_ns(self, th: Thread) -> float:
+        """The thread's simulated time now (its instructions plus its stalls)."""
+        return th.last_icount * self.options.ns_per_insn + th.stall_ns
+
+    def _stalled(self, th: Thread, t0: float, wait: float, cause: str) -> None:
+        """Tell subscribers (the timeline) that th stood still over [t0, t0 + wait)."""
+        if self.kernel is not None and self.kernel.bus.wants("emu_guest_stall"):
+            self.kernel.bus.publish("emu_guest_stall", t0, pid=th.pid, vcpu=th.vcpu,
+                                    dur_ns=wait, cause=cause)
 
     def _exit_process(self, proc: Process) -> None:
         if proc.exited:
@@ -311,12 +345,15 @@ class Machine:
         for th in self.all_threads:
             if th.pid == proc.pid:
                 th.exited = True
+        if self.sampler is not None:
+            self.sampler(self, force=True)
         if self.kernel is not None:
             mm = self.kernel.mm(proc.pid)
             proc.vmas = list(mm.vmas)
             if self.hw is not None:
                 # What mapped each VMA at the end, before exit tears it down.
                 proc.mapped = [vma_census(self.kernel, mm, v.start, v.end) for v in proc.vmas]
+                proc.thpmaps = mm_thpmaps(self.kernel, mm, with_runs=True)
             self.kernel.exit_mm(proc.pid)
 
     def finish(self) -> None:

@@ -43,6 +43,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE",
                    help="write the results as JSON to FILE, or to standard output with -")
+    o.add_argument("--inspect-at", action="append", type=lambda x: int(x, 0), default=[],
+                   metavar="MARK", help="also take thpmaps of every process when the guest"
+                   " calls emu_mark(MARK) (repeatable)")
+    o.add_argument("--timeline", metavar="FILE",
+                   help="write a Perfetto/chrome://tracing timeline (trace-event JSON)")
+    o.add_argument("--report", metavar="DIR",
+                   help="write DIR/report.html (one self-contained file) and its PNG plots")
     o.add_argument("--force", action="store_true", help="overwrite existing output files")
     o.add_argument("-v", "--verbose", action="store_true", help="list every syscall and VMA")
     o.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
