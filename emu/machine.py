@@ -302,8 +302,8 @@ class Machine:
         self.markers.append({"pid": pid, "vcpu": vcpu, "id": mark_id, "instructions": icount})
         if mark_id in self.inspect_marks and self.kernel is not None and self.hw is not None:
             for p in sorted(self.kernel.mms):
-                self.inspections.append({"mark": mark_id, "instructions": icount,
-                                         **mm_thpmaps(self.kernel, self.kernel.mm(p), with_runs=True)})
+                snap = mm_thpmaps(self.kernel, self.kernel.mm(p), with_runs=True)
+                self.inspections.append({"mark": mark_id, "instructions": icount, **snap})
         for action in self.mark_actions.get(mark_id, ()):
             action()
 

@@ -40,7 +40,7 @@ class Timeline:
         self._collapses: list[tuple[Any, dict[str, Any]]] = []   # (attempt, its event)
         self._done = False
         bus = machine.kernel.bus
-        for name, fn in (("emu_page_fault", self._fault), ("emu_guest_stall", self._stall),
+        for name, fn in (("emu_page_fault", self._on_fault), ("emu_guest_stall", self._stall),
                          ("tlb_flush", self._flush),
                          ("mm_khugepaged_scan_pmd", self._scan),
                          ("mm_collapse_huge_page", self._collapse),
@@ -57,7 +57,7 @@ class Timeline:
         self.tracks.add((ev["pid"], ev["tid"]))
         self.events.append(ev)
 
-    def _fault(self, e: Any) -> None:
+    def _on_fault(self, e: Any) -> None:
         a = e.args
         self._add({"name": f"fault {a['kind']}", "cat": "fault", "ph": "i", "s": "t",
                    "ts": _us(e.t_ns), "pid": a["pid"], "tid": a["vcpu"],
