@@ -37,7 +37,9 @@ class Timeline:
         self.events: list[dict[str, Any]] = []
         self.dropped = 0
         self.tracks: set[tuple[int, int]] = set()
-        self._collapses: list[tuple[Any, dict[str, Any]]] = []   # (attempt, its event)
+        # khugepaged-clock events not placed yet: (attempt or None, mm, t_ns, event)
+        self._pending: list[tuple[Any, Any, float, dict[str, Any]]] = []
+        self._madvise_items: tuple[float, list[Any]] | None = None
         self._done = False
         bus = machine.kernel.bus
         for name, fn in (("emu_page_fault", self._on_fault), ("emu_guest_stall", self._stall),
@@ -68,6 +70,11 @@ class Timeline:
         self._add({"name": f"stall ({a['cause']})", "cat": "stall", "ph": "X",
                    "ts": _us(e.t_ns), "dur": _us(a["dur_ns"]), "pid": a["pid"],
                    "tid": a["vcpu"], "args": {"ns": int(a["dur_ns"])}})
+        if a["cause"] == "madvise" and self._madvise_items is not None:
+            t0, items = self._madvise_items
+            for item in items:
+                self._place(item, e.t_ns - t0)
+            self._madvise_items = None
 
     def _flush(self, e: Any) -> None:
         a = e.args
@@ -83,11 +90,12 @@ class Timeline:
 
     def _scan(self, e: Any) -> None:
         a = e.args
-        self._add({"name": f"scan {a['status']}", "cat": "khugepaged", "ph": "i", "s": "t",
-                   "ts": _us(e.t_ns), "pid": KERNEL_PID, "tid": KHUGEPAGED_TID,
-                   "args": {"pid": a["mm"].pid, "address": hex(a["address"]),
-                            "referenced": a["referenced"], "none_or_zero": a["none_or_zero"],
-                            "unmapped": a["unmapped"]}})
+        ev = {"name": f"scan {a['status']}", "cat": "khugepaged", "ph": "i", "s": "t",
+              "ts": _us(e.t_ns), "pid": KERNEL_PID, "tid": KHUGEPAGED_TID,
+              "args": {"pid": a["mm"].pid, "address": hex(a["address"]),
+                       "referenced": a["referenced"], "none_or_zero": a["none_or_zero"],
+                       "unmapped": a["unmapped"]}}
+        self._pending.append((None, a["mm"], e.t_ns, ev))
 
     def _collapse(self, e: Any) -> None:
         att = e.args.get("attempt")
@@ -100,16 +108,34 @@ class Timeline:
               "args": {"pid": att.mm.pid, "address": hex(att.address), "order": att.order,
                        "status": e.args["status"], "flush_ns": att.flush_ns,
                        "steps": {name: ns for name, ns in att.steps}}}
-        self._collapses.append((att, ev))
+        self._pending.append((att, att.mm, att.t_start_ns, ev))
 
     def _madvise(self, e: Any) -> None:
-        """Collapses made inside this MADV_COLLAPSE belong on the caller's track."""
+        """Scans and collapses made inside this MADV_COLLAPSE go on the caller's track.
+
+        They ran on khugepaged's clock; the caller's stall, published next, says
+        where on the caller's clock the call began, and they are moved there.
+        """
         rec = e.args["record"]
         vcpu = self.machine.kernel.current_cpu or 0
-        for att, ev in self._collapses:
-            if att.mm is rec.mm and rec.t_start_ns <= att.t_start_ns <= rec.t_end_ns:
+        keep, mine = [], []
+        for item in self._pending:
+            att, mm, t, ev = item
+            if mm is rec.mm and rec.t_start_ns <= t <= rec.t_end_ns:
                 ev["pid"], ev["tid"] = rec.mm.pid, vcpu
                 ev["name"] = "MADV_COLLAPSE " + ev["name"]
+                mine.append(item)
+            else:
+                keep.append(item)
+        self._pending = keep
+        self._madvise_items = (rec.t_start_ns, mine)
+
+    def _place(self, item: tuple[Any, Any, float, dict[str, Any]], shift: float) -> None:
+        att, _, t, ev = item
+        ev["ts"] = _us(t + shift)
+        self._add(ev)
+        if att is not None:
+            self._steps(ev, att, shift)
 
     def _warn(self, e: Any) -> None:
         self._add({"name": "pr_warn_once", "cat": "warning", "ph": "i", "s": "g",
@@ -118,9 +144,9 @@ class Timeline:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _steps(self, ev: dict[str, Any], att: Any) -> None:
+    def _steps(self, ev: dict[str, Any], att: Any, shift: float = 0.0) -> None:
         """Each step of a collapse as a child slice, laid end to end from its start."""
-        t = att.t_start_ns
+        t = att.t_start_ns + shift
         for name, ns in att.steps:
             self._add({"name": name, "cat": "collapse_step", "ph": "X", "ts": _us(t),
                        "dur": _us(ns), "pid": ev["pid"], "tid": ev["tid"]})
@@ -134,10 +160,9 @@ class Timeline:
 
     def _close(self) -> None:
         self._done = True
-        for att, ev in self._collapses:
-            self._add(ev)
-            self._steps(ev, att)
-        self._collapses = []
+        for item in self._pending:
+            self._place(item, 0.0)
+        self._pending = []
         ns = self.machine.options.ns_per_insn
         for m in self.machine.markers:
             self._add({"name": f"emu_mark({m['id']})", "cat": "marker", "ph": "i", "s": "g",
