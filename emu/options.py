@@ -100,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("profiles", help="list the TLB profiles")
 
+    cmp = sub.add_parser(
+        "compare", help="one workload across architectures and policies: a table and a plot",
+        usage="emu compare [options] [PROGRAM [ARGS...]]  (PROGRAM may hold {arch})")
+    cmp.add_argument("--arch", default="x86_64,arm64",
+                     help="architectures to build {arch} in PROGRAM for (default x86_64,arm64)")
+    cmp.add_argument("--policy", action="append", default=[], metavar="NAME:OPTIONS",
+                     help="a configuration: a name and model options, e.g. '64K:--thp never"
+                          " --mthp 64K=always' (repeatable; the first is the baseline;"
+                          " default: 4K and 64K mTHP)")
+    cmp.add_argument("--recording", action="append", default=[], metavar="FILE",
+                     help="compare these recordings instead of running PROGRAM")
+    cmp.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    cmp.add_argument("--report", metavar="DIR", help="write DIR/report.html and compare.png")
+    cmp.add_argument("--force", action="store_true", help="overwrite existing output files")
+    cmp.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
+    cmp.add_argument("program", nargs="?", default=None)
+    cmp.add_argument("args", nargs=argparse.REMAINDER)
+
     sw = sub.add_parser("sweep", help="replay recordings × configurations on Dask (docs/sweeps.md)")
     sw.add_argument("grid", metavar="GRID.toml")
     sw.add_argument("--scheduler", metavar="tcp://HOST:8786",
