@@ -30,6 +30,10 @@ from emu.trace.format import F_ABSORBED
 # split): this many tries on one access, then it counts as unresolved.
 MAX_FAULT_RETRIES = 4
 
+# With a sampler (--report), batches are fed in slices of this many events, so that
+# samples come often enough for a picture over time.
+SAMPLE_SLICE = 4096
+
 # Fault kinds as the hardware names them -> the kernel's access codes.
 _ACCESS = {"read": 0, "write": 1, "fetch": 2}
 
@@ -158,6 +162,11 @@ class Machine:
         events = batch.events
         n = len(events)
         if n == 0:
+            return
+        if self.sampler is not None and n > SAMPLE_SLICE:
+            # Samples are taken between slices: a batch holds millions of instructions.
+            for lo in range(0, n, SAMPLE_SLICE):
+                self.feed(ev.Batch(events[lo:lo + SAMPLE_SLICE], batch.syscalls))
             return
         self.nr_events += n
         lo = 0
