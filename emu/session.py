@@ -262,6 +262,7 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.last = 0.0
+        self.start = time.monotonic()
 
     def update(self, machine: Machine, done: bool = False) -> None:
         if not self.enabled:
@@ -271,7 +272,10 @@ class _Progress:
             return
         self.last = now
         insns = sum(t.instructions for t in machine.all_threads)
-        line = f"emu: {insns:,} instructions, {machine.nr_events:,} events"
+        secs = max(now - self.start, 1e-9)
+        line = (f"emu: {insns:,} guest instructions ({insns / secs / 1e6:,.1f} M/s),"
+                f" {machine.nr_events:,} events ({machine.nr_events / secs / 1e3:,.0f} k/s),"
+                f" {secs:.1f} s")
         sys.stderr.write("\r\x1b[2K" + line + ("\n" if done else ""))
         sys.stderr.flush()
 
