@@ -117,10 +117,9 @@ def over_time(arch: str, samples: dict[str, Any]) -> Figure:
     bottom.set_ylim(0, 100)
     bottom.set_xlabel("guest instructions (millions)")
     bottom.legend(fontsize=7, loc="lower right")
-    ns = samples["ns_per_insn"]
     for i, c in enumerate(samples["collapses"]):
         for ax in (top, bottom):
-            ax.axvline(c["t_ns"] / ns / 1e6, color="#e6550d", linestyle="--", linewidth=0.8,
+            ax.axvline(c["instructions"] / 1e6, color="#e6550d", linestyle="--", linewidth=0.8,
                        label="collapse" if i == 0 and ax is top else None)
     if samples["collapses"]:
         top.legend(fontsize=7)

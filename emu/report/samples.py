@@ -42,13 +42,17 @@ class Sampler:
         self.collapses: list[dict[str, Any]] = []
         self._next = 0
         self.arch = machine.arch
+        self.machine = machine
         machine.kernel.bus.subscribe("mm_collapse_huge_page", self._collapse)
         machine.sampler = self
 
     def _collapse(self, e: Any) -> None:
         if e.args.get("status") == "succeeded":
-            self.collapses.append({"t_ns": e.t_ns, "order": e.args.get("order"),
-                                   "pid": e.args["mm"].pid})
+            # Instructions when it happened, as the plots' x axis: simulated time
+            # also holds the threads' stalls, so it cannot be divided back.
+            insns = sum(t.instructions for t in self.machine.all_threads)
+            self.collapses.append({"t_ns": e.t_ns, "instructions": insns,
+                                   "order": e.args.get("order"), "pid": e.args["mm"].pid})
 
     def __call__(self, machine: Any, force: bool = False) -> None:
         insns = sum(t.instructions for t in machine.all_threads)
