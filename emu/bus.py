@@ -42,6 +42,10 @@ class EventBus:
     def subscribe(self, name: str, fn: Subscriber) -> None:
         self._subs.setdefault(name, []).append(fn)
 
+    def wants(self, name: str) -> bool:
+        """Whether anyone listens to name: lets hot paths skip building an event."""
+        return name in self._subs or "*" in self._subs
+
     def publish(self, name: str, t_ns: int, **args: Any) -> None:
         self.counts[(name, args.get("status"), args.get("order"))] += 1
         ev = Event(name, int(t_ns), args)

@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "sweep":
             from emu import sweep
             return sweep.main(args)
+        if args.cmd == "compare":
+            from emu import compare
+            return compare.main(args)
         check_at_marks(getattr(args, "at_mark", []))
         from emu import session
         return session.dispatch(args)

@@ -20,7 +20,7 @@ import numpy as np
 
 from emu.arch import PMD_SIZE, syscalls
 from emu.counting import PageCounts
-from emu.kernel.thpmaps import vma_census
+from emu.kernel.thpmaps import mm_thpmaps, vma_census
 from emu.oracle import Oracle
 from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
@@ -30,6 +30,10 @@ from emu.trace.format import F_ABSORBED
 # A fault the kernel says it fixed may fault again (COW after a read fault, a
 # split): this many tries on one access, then it counts as unresolved.
 MAX_FAULT_RETRIES = 4
+
+# With a sampler (--report), batches are fed in slices of this many events, so that
+# samples come often enough for a picture over time.
+SAMPLE_SLICE = 4096
 
 # Fault kinds as the hardware names them -> the kernel's access codes.
 _ACCESS = {"read": 0, "write": 1, "fetch": 2}
@@ -64,6 +68,7 @@ class Process:
     exit_status: int | None = None
     vmas: list[Any] = field(default_factory=list)   # snapshot taken at exit
     mapped: list[dict[str, int]] = field(default_factory=list)  # per VMA, at exit
+    thpmaps: dict[str, Any] | None = None   # kernel.thpmaps.mm_thpmaps at exit
     exited: bool = False
 
 
@@ -106,6 +111,13 @@ class Machine:
         self.collapse_stalls = 0
         self.collapse_stall_ns = 0.0
         self.collapse_log: CollapseLog | None = None
+        # emu_mark ids at which to take thpmaps of every live process (--inspect-at),
+        # and what was taken: {"mark", "instructions", **mm_thpmaps}.
+        self.inspect_marks: set[int] = set()
+        self.inspections: list[dict[str, Any]] = []
+        # Called at batch boundaries when set (emu.report's samplers); off by default.
+        # (with force=True before a process's memory is torn down at exit)
+        self.sampler: Callable[..., None] | None = None
         if self.khugepaged is not None:
             self.collapse_log = CollapseLog(kernel.bus)
         self.oracle: Oracle | None = None
@@ -153,6 +165,11 @@ class Machine:
         n = len(events)
         if n == 0:
             return
+        if self.sampler is not None and n > SAMPLE_SLICE:
+            # Samples are taken between slices: a batch holds millions of instructions.
+            for lo in range(0, n, SAMPLE_SLICE):
+                self.feed(ev.Batch(events[lo:lo + SAMPLE_SLICE], batch.syscalls))
+            return
         self.nr_events += n
         lo = 0
         while lo < n:
@@ -160,6 +177,8 @@ class Machine:
             if lo < n:
                 self._special(events[lo], batch.syscalls)
                 lo += 1
+        if self.sampler is not None:
+            self.sampler(self)
 
     def _accesses(self, events: np.ndarray, lo: int, n: int) -> int:
         """The READ/WRITE/FETCH records from lo, one (pid, vCPU) run at a time.
@@ -266,6 +285,9 @@ class Machine:
                 self._wait_for_collapse(th, mm, t + th.stall_ns)
                 retries = 0
                 continue
+            if self.kernel.bus.wants("emu_page_fault"):
+                self.kernel.bus.publish("emu_page_fault", self._thread_ns(th), pid=pid,
+                                        vcpu=th.vcpu, va=f.va, kind=f.kind, reason=f.reason)
             if (retries >= MAX_FAULT_RETRIES
                     or not self.kernel.handle_mm_fault(pid, th.vcpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model
@@ -318,6 +340,7 @@ class Machine:
         wait = max(0.0, release - now)
         th.stall_ns += wait
         th.collapse_wait_ns += wait
+        self._stalled(th, now, wait, "collapse")
         self.collapse_stalls += 1
         self.collapse_stall_ns += wait
 
@@ -353,6 +376,10 @@ class Machine:
     def _marker(self, pid: int, vcpu: int, mark_id: int, icount: int) -> None:
         """emu_mark(id): record it, then run what the user asked for at this mark."""
         self.markers.append({"pid": pid, "vcpu": vcpu, "id": mark_id, "instructions": icount})
+        if mark_id in self.inspect_marks and self.kernel is not None and self.hw is not None:
+            for p in sorted(self.kernel.mms):
+                snap = mm_thpmaps(self.kernel, self.kernel.mm(p), with_runs=True)
+                self.inspections.append({"mark": mark_id, "instructions": icount, **snap})
         for action in self.mark_actions.get(mark_id, ()):
             action()
 
@@ -373,7 +400,21 @@ class Machine:
                 self._unlock(pid, th)                  # holding it makes it wait
             # MADV_COLLAPSE runs in the calling thread: its estimated duration is
             # that thread's time, as the guest would have waited for it.
-            th.stall_ns += self.kernel.syscall(pid, vcpu, name, args, ret)
+            t0 = self._thread_ns(th)
+            wait = self.kernel.syscall(pid, vcpu, name, args, ret)
+            th.stall_ns += wait
+            if wait:
+                self._stalled(th, t0, wait, name)
+
+    def _thread_ns(self, th: Thread) -> float:
+        """The thread's simulated time now (its instructions plus its stalls)."""
+        return th.last_icount * self.options.ns_per_insn + th.stall_ns
+
+    def _stalled(self, th: Thread, t0: float, wait: float, cause: str) -> None:
+        """Tell subscribers (the timeline) that th stood still over [t0, t0 + wait)."""
+        if self.kernel is not None and self.kernel.bus.wants("emu_guest_stall"):
+            self.kernel.bus.publish("emu_guest_stall", t0, pid=th.pid, vcpu=th.vcpu,
+                                    dur_ns=wait, cause=cause)
 
     def _exit_process(self, proc: Process) -> None:
         if proc.exited:
@@ -382,6 +423,8 @@ class Machine:
         for th in self.all_threads:
             if th.pid == proc.pid:
                 th.exited = True
+        if self.sampler is not None:
+            self.sampler(self, force=True)
         if self.kernel is not None:
             self._unlock(proc.pid)                # exit_mmap waits for the mmap_lock too
             mm = self.kernel.mm(proc.pid)
@@ -389,6 +432,7 @@ class Machine:
             if self.hw is not None:
                 # What mapped each VMA at the end, before exit tears it down.
                 proc.mapped = [vma_census(self.kernel, mm, v.start, v.end) for v in proc.vmas]
+                proc.thpmaps = mm_thpmaps(self.kernel, mm, with_runs=True)
             self.kernel.exit_mm(proc.pid)
 
     def finish(self) -> None:

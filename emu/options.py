@@ -61,6 +61,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE",
                    help="write the results as JSON to FILE, or to standard output with -")
+    o.add_argument("--inspect-at", action="append", type=lambda x: int(x, 0), default=[],
+                   metavar="MARK", help="also take thpmaps of every process when the guest"
+                   " calls emu_mark(MARK) (repeatable)")
+    o.add_argument("--timeline", metavar="FILE",
+                   help="write a Perfetto/chrome://tracing timeline (trace-event JSON)")
+    o.add_argument("--report", metavar="DIR",
+                   help="write DIR/report.html (one self-contained file) and its PNG plots")
     o.add_argument("--force", action="store_true", help="overwrite existing output files")
     o.add_argument("-v", "--verbose", action="store_true", help="list every syscall and VMA")
     o.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
@@ -110,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(rep)
 
     sub.add_parser("profiles", help="list the TLB profiles")
+
+    cmp = sub.add_parser(
+        "compare", help="one workload across architectures and policies: a table and a plot",
+        usage="emu compare [options] [PROGRAM [ARGS...]]  (PROGRAM may hold {arch})")
+    cmp.add_argument("--arch", default="x86_64,arm64",
+                     help="architectures to build {arch} in PROGRAM for (default x86_64,arm64)")
+    cmp.add_argument("--policy", action="append", default=[], metavar="NAME:OPTIONS",
+                     help="a configuration: a name and model options, e.g. '64K:--thp never"
+                          " --mthp 64K=always' (repeatable; the first is the baseline;"
+                          " default: 4K and 64K mTHP)")
+    cmp.add_argument("--recording", action="append", default=[], metavar="FILE",
+                     help="compare these recordings instead of running PROGRAM")
+    cmp.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    cmp.add_argument("--report", metavar="DIR", help="write DIR/report.html and compare.png")
+    cmp.add_argument("--force", action="store_true", help="overwrite existing output files")
+    cmp.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
+    cmp.add_argument("program", nargs="?", default=None)
+    cmp.add_argument("args", nargs=argparse.REMAINDER)
 
     sw = sub.add_parser("sweep", help="replay recordings × configurations on Dask (docs/sweeps.md)")
     sw.add_argument("grid", metavar="GRID.toml")

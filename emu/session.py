@@ -148,7 +148,50 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
                     strategy=getattr(args, "collapse_strategy", "pmd"))
     machine = Machine(arch, elf, kernel=kernel, hw=hw, options=options)
     machine.mark_actions = _mark_actions(plan.marks, machine)
+    machine.inspect_marks = set(getattr(args, "inspect_at", None) or ())
     return machine
+
+
+@dataclasses.dataclass
+class Views:
+    """What --timeline and --report watch while the model runs (None: not asked)."""
+
+    timeline: Any = None
+    sampler: Any = None
+
+
+def watch(machine: Machine, args: argparse.Namespace) -> Views:
+    """Subscribe the timeline and the sampler a run's options ask for, before it starts."""
+    views = Views()
+    if machine.hw is None:
+        return views
+    if getattr(args, "timeline", None):
+        from emu.report.timeline import Timeline
+        views.timeline = Timeline(machine)
+    if getattr(args, "report", None):
+        from emu.report.samples import Sampler
+        views.sampler = Sampler(machine)
+    return views
+
+
+def _write_views(args: argparse.Namespace, result: dict[str, Any], views: Views,
+                 machine: Machine) -> None:
+    """--timeline FILE and --report DIR, once the result is complete."""
+    if views.sampler is not None:
+        result["samples"] = views.sampler.section(machine)
+    if views.timeline is not None:
+        try:
+            views.timeline.write(args.timeline)
+        except OSError as e:
+            raise EmuError(f"{args.timeline}: cannot write: {e.strerror}") from None
+    if getattr(args, "report", None):
+        from emu.report.html import write_report
+        try:
+            path = write_report(args.report, result)
+        except OSError as e:
+            raise EmuError(f"{args.report}: cannot write: {e.strerror}") from None
+        if not args.quiet:
+            print(f"emu: report in {path}", file=sys.stderr)
 
 
 def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, list[Any]]]:
@@ -228,6 +271,7 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.last = 0.0
+        self.start = time.monotonic()
 
     def update(self, machine: Machine, done: bool = False) -> None:
         if not self.enabled:
@@ -237,7 +281,10 @@ class _Progress:
             return
         self.last = now
         insns = sum(t.instructions for t in machine.all_threads)
-        line = f"emu: {insns:,} instructions, {machine.nr_events:,} events"
+        secs = max(now - self.start, 1e-9)
+        line = (f"emu: {insns:,} guest instructions ({insns / secs / 1e6:,.1f} M/s),"
+                f" {machine.nr_events:,} events ({machine.nr_events / secs / 1e3:,.0f} k/s),"
+                f" {secs:.1f} s")
         sys.stderr.write("\r\x1b[2K" + line + ("\n" if done else ""))
         sys.stderr.flush()
 
@@ -262,7 +309,9 @@ def consume(machine: Machine, batches: Iterable[Batch], progress: _Progress,
 def _check_outputs(args: argparse.Namespace) -> None:
     if getattr(args, "record", None) == "-":
         raise EmuError("--record -: give a file name (a recording is binary)")
-    for path in (getattr(args, "json", None), getattr(args, "record", None)):
+    for path in (getattr(args, "json", None), getattr(args, "record", None),
+                 getattr(args, "timeline", None),
+                 getattr(args, "report", None) and os.path.join(args.report, "report.html")):
         if path and path != "-" and os.path.exists(path) and not args.force:
             raise EmuError(f"{path}: already exists (use --force to overwrite)")
 
@@ -309,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
             guest.stream.prefetch()
             from emu.trace.reader import iter_batches
             machine = build_machine(elf.arch, elf, plan)
+            views = watch(machine, args)
             batches = iter_batches(guest.stream, record=args.record, force=args.force,
                                    meta=meta)
             consume(machine, batches, progress, stop)
@@ -328,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
     from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
     _finish_result(result, args, stop)
+    _write_views(args, result, views, machine)
     _write_outputs(args, result)
     return 130 if stop.requested else status
 
@@ -347,6 +398,7 @@ def replay(args: argparse.Namespace) -> int:
     # The micro-TLB is part of what was recorded: replay models it as recorded.
     args.utlb = int(meta.get("utlb", 0))
     machine = build_machine(arch, elf, args)
+    views = watch(machine, args)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     cut: list[str] = []
     with Interrupt() as stop:
@@ -358,6 +410,7 @@ def replay(args: argparse.Namespace) -> int:
     from emu.report.result import build_result
     result = build_result(machine, argv[0], argv, statuses[0] if statuses else None)
     _finish_result(result, args, stop, cut=bool(cut))
+    _write_views(args, result, views, machine)
     _write_outputs(args, result)
     return 130 if stop.requested else 0
 

@@ -97,6 +97,8 @@ def build_result(machine: Any, binary: str, argv: list[str],
         o = machine.oracle
         result["integrity"] = {"checked_reads": o.checked_reads, "lost_writes": o.lost_writes,
                                "first": o.reports}
+    if machine.kernel is not None and machine.hw is not None:
+        result["thpmaps"] = thpmaps_section(machine)
     if machine.collapse_log is not None:
         result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
         # Whether the thread ran (--khugepaged); MADV_COLLAPSE works either way.
@@ -135,6 +137,39 @@ def _process_ns(threads: list[Any], ns: float) -> int:
         return 0
     return int(max(t.last_icount * ns + t.stall_ns for t in threads)
                - min(t.first_icount for t in threads) * ns)
+
+# An address-space picture needs no more ranges than this per process.
+MAX_RUNS = 4096
+
+
+def _thpmaps_kb(snap: dict[str, Any], page_kb: int, at: Any) -> dict[str, Any]:
+    """One mm_thpmaps snapshot in kB, the unit thpmaps prints."""
+    def kb(c: dict[str, int]) -> dict[str, int]:
+        return {k: n * page_kb for k, n in c.items()}
+
+    out: dict[str, Any] = {
+        "pid": snap["pid"], "at": at,
+        "rss_kB": snap["rss_pages"] * page_kb,
+        "rollup": kb(snap["rollup"]),
+        "vmas": [{**{k: v for k, v in vma.items() if k != "counters"},
+                  "counters": kb(vma["counters"])} for vma in snap["vmas"]],
+    }
+    runs = snap.get("runs")
+    if runs is not None:
+        out["runs"] = [list(r) for r in runs[:MAX_RUNS]]
+        out["runs_truncated"] = len(runs) > MAX_RUNS
+    return out
+
+
+def thpmaps_section(machine: Any) -> list[dict[str, Any]]:
+    """thpmaps per process at exit and at each --inspect-at marker (docs/usage.md)."""
+    page_kb = machine.kernel.page_size >> 10
+    out = [_thpmaps_kb(s, page_kb, {"mark": s["mark"], "instructions": s["instructions"]})
+           for s in machine.inspections]
+    for proc in sorted(machine.processes.values(), key=lambda p: p.pid):
+        if proc.thpmaps is not None:
+            out.append(_thpmaps_kb(proc.thpmaps, page_kb, "exit"))
+    return out
 
 
 def at_mark_report(specs: list[str], markers: list[dict[str, Any]]) -> list[dict[str, Any]]:

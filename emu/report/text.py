@@ -126,6 +126,29 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         add("")
         add(" MADV_COLLAPSE (the khugepaged thread is off; --khugepaged runs it):")
         add(_madvise_collapse_lines(kh))
+    if result.get("thpmaps"):
+        from emu.report.maps import render as render_maps
+        add("")
+        add(render_maps(result["thpmaps"], verbose))
+    if not verbose:
+        _short_tail(result, add)
+    else:
+        _vmas_and_syscalls(result, add, verbose)
+    _markers_and_settings(result, add)
+    return "\n".join(lines)
+
+
+def _short_tail(result: dict[str, Any], add: Any) -> None:
+    """Without -v: how many VMAs and syscalls there were, in two lines."""
+    add("")
+    touched = sum(1 for v in result["vmas"] if v["pages_touched"] and v["start"] is not None)
+    add(f" VMAs: {len(result['vmas'])} at exit, {touched} with data accesses; -v lists them")
+    counts = result["syscall_counts"]
+    if counts:
+        add(f" Syscalls: {sum(counts.values())} calls; -v lists them")
+
+
+def _vmas_and_syscalls(result: dict[str, Any], add: Any, verbose: bool) -> None:
     add("")
     add(" VMAs (final layout per process; pages touched, reads, writes):")
     hidden = 0
@@ -157,6 +180,9 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         for s in result["syscalls"]:
             if verbose or s["name"] in _SHOW_SYSCALLS:
                 add(f"   [{s['pid']}:{s['vcpu']}] {s['text']}")
+
+
+def _markers_and_settings(result: dict[str, Any], add: Any) -> None:
     if result["markers"]:
         add("")
         add(" Markers:")
@@ -181,7 +207,6 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         if p["exit_status"] is not None and len(result["processes"]) > 1:
             add(f" pid {p['pid']} (parent {p['parent']}) exited {p['exit_status']},"
                 f" {p['instructions']:,} instructions")
-    return "\n".join(lines)
 
 
 def _madvise_collapse_lines(kh: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from emu.trace.reader import read_meta
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-_EMU_LINE = re.compile(r"(^|\s|/)emu (run|replay|profiles)\b")
+_EMU_LINE = re.compile(r"(^|\s|/)emu (run|replay|profiles|compare)\b")
 
 pytestmark = pytest.mark.integration
 
@@ -136,11 +136,44 @@ def _check_profiles(r: Run) -> None:
     assert ("arm64", "neoverse_n1") in names and ("x86_64", "generic-x86_64") in names
 
 
+def _check_tutorial_random(r: Run) -> None:
+    _tlb("generic-arm64")(r)
+    assert re.search(r"^   anon-thp-pmd-aligned-2048kB: +32768 kB \(100%\)$", r.stderr, re.M)
+    rss = re.search(r"Rss ([\d,]+) kB .* = the model's RSS counter ([\d,]+) kB", r.stderr)
+    assert rss and rss.group(1) == rss.group(2), r.stderr[-2000:]
+
+
+def _check_tutorial_compare(r: Run) -> None:
+    assert "x86_64: 64K mTHP leaves L2 TLB misses" in r.stderr, r.stderr[-2000:]
+    assert "arm64: 64K mTHP cuts L2 TLB misses" in r.stderr
+    assert "data:image/png;base64," in (r.cwd / "cmp" / "report.html").read_text()
+
+
+def _check_tutorial_collapse(r: Run) -> None:
+    assert "collapses by size: 2048kB x4" in r.stderr, r.stderr[-3000:]
+    at_mark = r.stderr.split("at emu_mark(2)")[1].split(" Mappings of pid")[0]
+    assert "anon-thp-pmd-aligned" not in at_mark
+    assert re.search(r"anon-thp-pmd-aligned-2048kB: +8192 kB", r.stderr)
+    trace = json.loads((r.cwd / "sparse-timeline.json").read_text())
+    tracks = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    assert {"khugepaged", "vCPU 0"} <= tracks
+    page = (r.cwd / "sparse-report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+
+
 # The documented command (as in the Markdown, comment removed) -> how it is run.
 EXAMPLES: dict[str, Example] = {
     "emu run [options] -- BINARY [ARGS...]": Example(_summary, synopsis=True),
     "emu replay [options] TRACE": Example(_summary, synopsis=True),
     "emu profiles": Example(_summary, synopsis=True),
+    "emu compare [--arch A,B] [--policy NAME:OPTIONS]... [--recording FILE]... [--json FILE]"
+    " [--report DIR] [PROGRAM [ARGS...]]": Example(_summary, synopsis=True),
+    ".venv/bin/emu run -- build/guest/arm64/random -m 32 -i 2000000 -P -q":
+        Example(_check_tutorial_random),
+    ".venv/bin/emu compare --report cmp": Example(_check_tutorial_compare),
+    ".venv/bin/emu run --khugepaged fast --thp never --at-mark 2:thp=always --inspect-at 2"
+    " --timeline sparse-timeline.json --report sparse-report -- build/guest/arm64/sparse -i 5000":
+        Example(_check_tutorial_collapse),
     ".venv/bin/emu run -- build/guest/x86_64/random -m 64 -i 1000000": Example(_check_random),
     ".venv/bin/emu run --thp never --profile neoverse-n1 -- build/guest/arm64/touch -m 16":
         Example(_check_neoverse),

@@ -171,7 +171,8 @@ def _result(**extra) -> dict:
 
 def test_summary_says_how_many_vmas_it_hides():
     text = render(_result())
-    assert "   2 VMAs without data accesses not shown; -v lists them" in text
+    assert " VMAs: 3 at exit, 1 with data accesses; -v lists them" in text
+    assert "idle" not in text
     verbose = render(_result(), verbose=True)
     assert "idle2" in verbose and "not shown" not in verbose
 
