@@ -143,9 +143,22 @@ def _short_tail(result: dict[str, Any], add: Any) -> None:
     add("")
     touched = sum(1 for v in result["vmas"] if v["pages_touched"] and v["start"] is not None)
     add(f" VMAs: {len(result['vmas'])} at exit, {touched} with data accesses; -v lists them")
+    _placement_note(result, add)
     counts = result["syscall_counts"]
     if counts:
         add(f" Syscalls: {sum(counts.values())} calls; -v lists them")
+
+
+def _placement_note(result: dict[str, Any], add: Any) -> None:
+    """What QEMU's own mmap placement cost in whole PMD ranges (docs/status.md)."""
+    place = result.get("placement") or {}
+    if place.get("pmd_ranges_lost"):
+        n = place["unaligned_pmd_multiple_mappings"]
+        add(f"   note: QEMU places mmap itself, page-aligned: {n} anonymous mapping"
+            f"{'s' if n > 1 else ''} of a 2 MiB-multiple length start off a 2 MiB boundary,"
+            f" so {place['pmd_ranges_present']} whole PMD ranges instead of"
+            f" {place['pmd_ranges_present'] + place['pmd_ranges_lost']} as Linux 6.8+ would"
+            " align them (docs/status.md)")
 
 
 def _vmas_and_syscalls(result: dict[str, Any], add: Any, verbose: bool) -> None:
@@ -165,14 +178,7 @@ def _vmas_and_syscalls(result: dict[str, Any], add: Any, verbose: bool) -> None:
     if hidden:
         add(f"   {hidden} VMA{'s' if hidden > 1 else ''} without data accesses not shown;"
             " -v lists them")
-    place = result.get("placement") or {}
-    if place.get("pmd_ranges_lost"):
-        n = place["unaligned_pmd_multiple_mappings"]
-        add(f"   note: QEMU places mmap itself, page-aligned: {n} anonymous mapping"
-            f"{'s' if n > 1 else ''} of a 2 MiB-multiple length start off a 2 MiB boundary,"
-            f" so {place['pmd_ranges_present']} whole PMD ranges instead of"
-            f" {place['pmd_ranges_present'] + place['pmd_ranges_lost']} as Linux 6.8+ would"
-            " align them (docs/status.md)")
+    _placement_note(result, add)
     counts = result["syscall_counts"]
     if counts:
         add("")
