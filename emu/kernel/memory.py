@@ -323,11 +323,12 @@ class FaultMixin:
         if vma.flags & VM_SHARED and f is not None and not f.anon:
             pt.set_pte(mm, va, arch.mkdirty(arch.mkyoung(arch.mkwrite(pte))), try_fold=False)
             return True
-        if f is not None and f.anon and f.only_mm(mm.asid) and (f.large or f.mapcount() == 1):
+        if f is not None and f.anon and (f.exclusive or self.wp_can_reuse_anon_folio(f, mm)):
             # wp_page_reuse -> ptep_set_access_flags: unfolds a contpte block (the write
             # bit changes) and, unlike set_ptes, never tries to fold again
             pt.set_pte(mm, va, arch.mkdirty(arch.mkyoung(arch.mkwrite(pte))), try_fold=False)
-            f.exclusive = True
+            if not f.large:                 # SetPageAnonExclusive(page): the folio is the page
+                f.exclusive = True
             self._cow(mm, va, "reuse")
             return True
         g = self.folio_alloc(0, anon=True)                                         # wp_page_copy
@@ -344,6 +345,25 @@ class FaultMixin:
             self.folio_remove_rmap_ptes(f, mm, pfn - f.pfn)
             self._cow(mm, va, "copy")
         return True
+
+    @staticmethod
+    def wp_can_reuse_anon_folio(f: Folio, mm: MM) -> bool:
+        """wp_can_reuse_anon_folio() (mm/memory.c): may a write fault on a page that is
+        not PageAnonExclusive reuse its folio?
+
+        Large folios (__wp_can_reuse_large_anon_folio): only with more than one
+        mapping (a folio mapped by one page is copied so the rest can be freed), no
+        other mm mapping it (FOLIO_MM_IDS_SHARED clear) and every reference a
+        mapping.  Small folios: the only reference is this mapping.
+        """
+        if f.large:
+            large_mapcount = int(f.page_mapcount.sum()) + f.entire_mapcount
+            if large_mapcount <= 1:
+                return False
+            if not f.only_mm(mm.asid):
+                return False
+            return large_mapcount == f.refcount
+        return f.refcount == 1
 
     def _cow(self, mm: MM, va: int, what: str) -> None:
         self.stats.count_vm_event("emu_cow_" + what)

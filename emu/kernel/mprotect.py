@@ -31,9 +31,10 @@ class MprotectMixin:
         def eff(d: int) -> int:
             if not prot & PROT_WRITE or shared:
                 return prot
+            # can_change_pte_writable() (mm/mprotect.c): private pages only when
+            # PageAnonExclusive (folio-wide here: cleared by fork, set by COW reuse)
             f = self.folio_of_pfn(arch.pfn(d))
-            ok = f is not None and f.anon and f.only_mm(mm.asid) and (
-                f.large or f.mapcount() == 1)
+            ok = f is not None and f.anon and f.exclusive
             return prot if ok else prot & ~PROT_WRITE
 
         addr = start
