@@ -39,7 +39,9 @@ class ForkMixin:
                 continue                          # refaults from the page cache
             nv.anon_vma = vma.anon_vma
             self._copy_range(parent, child, vma)
-        self._flush_mm(parent)
+        saved, self.flush_cause = self.flush_cause, "fork"
+        self._flush_mm(parent)                      # dup_mmap: flush_tlb_mm(oldmm)
+        self.flush_cause = saved
         if self.khugepaged is not None:             # khugepaged_fork() in dup_mmap()
             self.khugepaged.khugepaged_fork(child, parent, self.khugepaged.now_ns)
         return child

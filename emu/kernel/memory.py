@@ -36,6 +36,15 @@ class FaultMixin:
         """Resolve a fault at va; True when the mapping now allows the access."""
         mm = self.enter(pid, cpu)
         self.stats.count_vm_event("pgfault")
+        if self.flush_cause is None:              # a fault inside a syscall keeps its cause
+            self.flush_cause = "fault"
+            try:
+                return self._handle_mm_fault(mm, pid, va, access)
+            finally:
+                self.flush_cause = None
+        return self._handle_mm_fault(mm, pid, va, access)
+
+    def _handle_mm_fault(self, mm: MM, pid: int, va: int, access: int) -> bool:
         va &= ~(self.page_size - 1)
         vma = mm.vmas.find(va)
         if vma is None and access == ACCESS_EXEC and pid in self._pending_pie:
@@ -296,8 +305,8 @@ class FaultMixin:
         if arch.pfn(pmd) == self.huge_zero_pfn:      # do_huge_zero_wp_pmd
             f = self.folio_alloc(self.pmd_order, anon=True)
             if f is not None:
-                self.pt.set_pmd(mm, haddr, 0)
-                self._flush(mm, haddr, haddr + self.pt.pmd_size, self.pt.pmd_shift, True)
+                self.pt.set_pmd(mm, haddr, 0)          # pmdp_huge_clear_flush
+                self.flush_pmd_tlb_range(mm, haddr, haddr + self.pt.pmd_size)
                 self._install_huge_pmd(mm, vma, haddr, f)
                 self.stats.count_vm_event("thp_fault_alloc")
                 self.stats.count_mthp_stat(self.pmd_order, "anon_fault_alloc")
@@ -336,8 +345,8 @@ class FaultMixin:
             return False
         if pfn != self.zero_pfn:
             self.physmem.copy(g.pfn, pfn)
-        pt.clear_pte(mm, va)
-        self._flush(mm, va, va + self.page_size, self.page_shift, True)
+        pt.clear_pte(mm, va)                                  # ptep_clear_flush
+        self.flush_tlb_page(mm, va)
         pt.set_pte(mm, va, arch.mk_pte(g.pfn, self._pte_prot(vma, True), True, True))
         self.folio_add_rmap_ptes(g, mm, 0)
         vma.anon_vma = True
