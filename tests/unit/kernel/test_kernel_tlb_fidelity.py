@@ -239,3 +239,34 @@ def test_arm64_vmstat_has_no_x86_only_tlb_counters():
     assert not [n for n in k.vmstat if n.startswith("nr_tlb_")]
     x, _ = machine("x86_64")
     assert "nr_tlb_local_flush_one" in x.vmstat
+
+
+# --- issue 16: flushes counted where they were issued, by cause -------------------------
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_khugepaged_flushes_are_issued_by_its_own_cpu(arch):
+    """khugepaged runs on a CPU with no vCPU: its collapse flush and the sync IPIs are
+    counted as issued there (Hardware.issued_without_vcpu) and under cause khugepaged.
+    x86: the mm's mask is {0}, so flush_tlb_multi sends one IPI (CPU 0 flushes the whole
+    PCID: 512 strides > 33), then 4 sync IPIs (every online CPU; none is khugepaged's).
+    arm64 (no FEAT_TLBIRANGE): 512 strides reach MAX_DVM_OPS, one TLBI ASIDE1IS, then
+    the same 4 sync IPIs."""
+    k, hw = machine(arch, nr_cpus=4, khugepaged=True)
+    mmap(k, 1, BASE, PMD)
+    for i in range(512):
+        touch(k, BASE + i * PAGE)
+    k.config.enabled = "always"
+    k.syscall(1, 0, "madvise", (BASE, PMD, 14), 0)                 # MADV_HUGEPAGE
+    before = hw.issued_without_vcpu()
+    assert before == {}
+    k.khugepaged.run(60 * 10**9)
+    assert k.pt.pmd_is_leaf(k.pt.get_pmd(k.mm(1), BASE))
+    tally = k.flushes_by_cause["khugepaged"]
+    assert tally["flushes"] == 1 and tally["sync_ipis"] == 4
+    if arch == "x86_64":
+        assert hw.issued_without_vcpu() == {"flush.ipi.issued": 5}
+        assert tally == {"flushes": 1, "ipi": 5, "cr3_flush": 1, "sync_ipis": 4}
+    else:
+        assert hw.issued_without_vcpu() == {"flush.ipi.issued": 4,
+                                            "flush.tlbi_aside1is.issued": 1}
+        assert tally == {"flushes": 1, "ipi": 4, "tlbi_aside1is": 1, "sync_ipis": 4}
