@@ -21,7 +21,8 @@ class ForkMixin:
 
     def fork(self, parent_pid: int, child_pid: int) -> MM:
         """dup_mmap(): the child shares every anonymous folio; private writable
-        mappings are write-protected on both sides (COW)."""
+        mappings are write-protected on both sides (COW).  Page tables are copied only
+        for VMAs with an anon_vma (vma_needs_copy)."""
         parent = self.mms.get(parent_pid)
         if parent is None:
             parent = self._new_mm(parent_pid)
@@ -35,8 +36,11 @@ class ForkMixin:
             child.vmas.insert(nv)
             if vma.flags & VM_WIPEONFORK:
                 continue
-            if not vma.is_anon and not vma.anon_vma:
-                continue                          # refaults from the page cache
+            if not vma.anon_vma:
+                # vma_needs_copy() (mm/memory.c): only a VMA with an anon_vma (no
+                # VM_PFNMAP/MIXEDMAP/UFFD_WP here) has entries a fault could not
+                # recreate; the child refaults the rest (page cache, zero page)
+                continue
             nv.anon_vma = vma.anon_vma
             self._copy_range(parent, child, vma)
         saved, self.flush_cause = self.flush_cause, "fork"

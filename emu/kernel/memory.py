@@ -290,6 +290,7 @@ class FaultMixin:
             mm.deposit[haddr] = self.pt.alloc_table(mm, pte_level=True)
         self.pt.set_pmd(mm, haddr, self.arch.mk_pmd_leaf(
             self.huge_zero_pfn, self._pte_prot(vma, False), young=True))
+        vma.anon_vma = True          # do_huge_pmd_anonymous_page: vmf_anon_prepare() first
         return True
 
     def _huge_pmd_fault(self, mm: MM, vma: VMA, va: int, access: int, pmd: int) -> bool:

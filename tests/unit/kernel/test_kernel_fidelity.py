@@ -76,3 +76,39 @@ def test_can_change_pte_writable_needs_anon_exclusive():
     assert not k.arch.writable(pte(k, 1, BASE))
     assert touch(k, 1, BASE)
     assert k.vmstat.get("emu_cow_reuse", 0) == 1
+
+
+# --- item 11: mm/memory.c vma_needs_copy --------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_vma_needs_copy_skips_vmas_without_anon_vma(arch):
+    """mm/memory.c vma_needs_copy(): copy_page_range copies only VMAs with an anon_vma.
+    A VMA only read (small zero pages, no anon_vma: do_anonymous_page's read path never
+    prepares one) is not copied -- the child refaults; a written VMA is."""
+    k = make_kernel(arch)
+    k.new_mm(1)
+    mmap(k, 1, BASE, MiB)                       # read only: zero pages
+    mmap(k, 1, BASE + 2 * MiB, MiB)             # written: anonymous pages
+    for i in range(3):
+        touch(k, 1, BASE + i * PAGE, write=False)
+        touch(k, 1, BASE + 2 * MiB + i * PAGE)
+    assert not k.mm(1).vmas.find(BASE).anon_vma
+    k.fork(1, 2)
+    assert all(pte(k, 2, BASE + i * PAGE) == 0 for i in range(3))
+    assert all(k.arch.pfn(pte(k, 2, BASE + 2 * MiB + i * PAGE))
+               == k.arch.pfn(pte(k, 1, BASE + 2 * MiB + i * PAGE)) for i in range(3))
+    assert k.arch.pfn(pte(k, 1, BASE)) == k.zero_pfn          # the parent keeps its entries
+    assert touch(k, 2, BASE, write=False)
+    assert k.arch.pfn(pte(k, 2, BASE)) == k.zero_pfn          # refaulted
+
+
+def test_vma_needs_copy_huge_zero_pmd_has_an_anon_vma():
+    """mm/huge_memory.c do_huge_pmd_anonymous_page(): vmf_anon_prepare() runs before the
+    huge-zero-page read path, so that VMA has an anon_vma and fork copies its PMD."""
+    k = make_kernel("x86_64", enabled="always")
+    k.new_mm(1)
+    mmap(k, 1, BASE, 2 * MiB)
+    touch(k, 1, BASE, write=False)
+    assert k.pt.pmd_is_leaf(k.pt.get_pmd(k.mm(1), BASE))
+    k.fork(1, 2)
+    assert k.arch.pfn(k.pt.get_pmd(k.mm(2), BASE)) == k.huge_zero_pfn
