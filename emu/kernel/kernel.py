@@ -182,7 +182,7 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
                freed_tables: bool | None = None) -> dict[str, int]:
         """flush_tlb_mm_range()/__flush_tlb_range() of the mm through tlbflush (none
         without hw).  ``freed_tables`` (x86: IPIs to lazy CPUs too) defaults to
-        ``not last_level``: flush_tlb_range passes true since Linux 6.13 (page-table
+        ``not last_level``: x86 flush_tlb_range passes true since early 2025 (page-table
         detaching callers such as pmdp_collapse_flush), flush_tlb_page false.
         Returns the work done (see _account)."""
         if self.hw is None:
