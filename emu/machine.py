@@ -254,7 +254,7 @@ class Machine:
         pid = th.pid
         mm = self.kernel.mm(pid)
         cpu = th.vcpu % self.hw.nr_cpus
-        mm.cpumask.add(cpu)            # switch_mm(): the CPU now runs this mm
+        self.kernel.switch_mm(cpu, mm)          # the CPU runs this mm now (x86 lazy TLB)
         # Accesses into a range a collapse has cleared proceed only on a TLB entry: count
         # them up to the first wait (after it, the collapse is done).
         cleared = mm.collapse_cleared
@@ -348,6 +348,8 @@ class Machine:
         now = th.last_icount * self.options.ns_per_insn + th.stall_ns
         if now > self.now_ns:
             self.now_ns = now
+            if self.kernel is not None:
+                self.kernel.tlbstate.now_ns = int(now)   # should_trim_cpumask's clock
             if self.khugepaged is not None and self.options.khugepaged:
                 self.khugepaged.run(now)
 
@@ -368,6 +370,8 @@ class Machine:
         th.last_icount = max(th.last_icount, icount)
         if kind == ev.VCPU_EXIT:
             th.exited = True
+            if self.kernel is not None and self.hw is not None:
+                self.kernel.enter_lazy_tlb(vcpu % self.hw.nr_cpus)   # its CPU idles
         elif kind == ev.MARK:
             self._marker(pid, vcpu, int(rec["addr"]), icount)
         elif kind == ev.SYSCALL:

@@ -378,6 +378,12 @@ class Hardware:
         """The architecture-neutral block of summed counters (emu.hw.counters.neutral)."""
         return neutral(total)
 
+    def issued_without_vcpu(self) -> dict[str, int]:
+        """Flush operations issued by a CPU that runs no vCPU (khugepaged's): their
+        targets count them as received, so a report needs this row for the issuers."""
+        row = self.flush_issued[self.nr_cpus]
+        return {f"flush.{k}.issued": int(row[i]) for i, k in enumerate(FLUSH_KINDS) if row[i]}
+
     def totals(self) -> dict[str, int]:
         return name_counters(self, self.cnt.sum(axis=0), self.flush_issued.sum(axis=0),
                              self.flush_received.sum(axis=0), int(self.entries_flushed.sum()))

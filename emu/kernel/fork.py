@@ -21,7 +21,8 @@ class ForkMixin:
 
     def fork(self, parent_pid: int, child_pid: int) -> MM:
         """dup_mmap(): the child shares every anonymous folio; private writable
-        mappings are write-protected on both sides (COW)."""
+        mappings are write-protected on both sides (COW).  Page tables are copied only
+        for VMAs with an anon_vma (vma_needs_copy)."""
         parent = self.mms.get(parent_pid)
         if parent is None:
             parent = self._new_mm(parent_pid)
@@ -35,11 +36,16 @@ class ForkMixin:
             child.vmas.insert(nv)
             if vma.flags & VM_WIPEONFORK:
                 continue
-            if not vma.is_anon and not vma.anon_vma:
-                continue                          # refaults from the page cache
+            if not vma.anon_vma:
+                # vma_needs_copy() (mm/memory.c): only a VMA with an anon_vma (no
+                # VM_PFNMAP/MIXEDMAP/UFFD_WP here) has entries a fault could not
+                # recreate; the child refaults the rest (page cache, zero page)
+                continue
             nv.anon_vma = vma.anon_vma
             self._copy_range(parent, child, vma)
-        self._flush_mm(parent)
+        saved, self.flush_cause = self.flush_cause, "fork"
+        self._flush_mm(parent)                      # dup_mmap: flush_tlb_mm(oldmm)
+        self.flush_cause = saved
         self.bus.publish("emu_dup_mmap", 0, parent_asid=parent.asid, child_asid=child.asid)
         if self.khugepaged is not None:             # khugepaged_fork() in dup_mmap()
             self.khugepaged.khugepaged_fork(child, parent, self.khugepaged.now_ns)

@@ -16,7 +16,9 @@ import numpy as np
 
 from emu.arch import get_arch
 from emu.bus import EventBus
+from emu.hw.counters import FLUSH_KINDS
 from emu.kernel import syscalls as _syscalls
+from emu.kernel import tlbflush
 from emu.kernel.buddy import BuddyAllocator
 from emu.kernel.config import ThpConfig
 from emu.kernel.folio import Folio
@@ -62,7 +64,7 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.page_size = 1 << self.page_shift
         self.pmd_order = self.arch.pmd_order
         self.buddy = BuddyAllocator(physmem.nr_frames, first_pfn=1)   # pfn 0 never handed out
-        self.stats = VmStat()
+        self.stats = VmStat(tlbflush_counters=self.arch.name == "x86_64")
         self.pt = PageTableOps(self.arch, physmem, self.buddy, self.stats, self._flush)
         self.pt.folio_of_pfn = self.folio_of_pfn
         self.folios: dict[int, Folio] = {}
@@ -78,6 +80,10 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.mms: dict[int, MM] = {}
         self._next_asid = 1
         self.current_cpu: int | None = None     # the vCPU whose fault/syscall runs now
+        self.tlbstate = tlbflush.TlbState()     # x86 cpu_tlbstate, mm tlb_gen (tlbflush.py)
+        self.flush_cause: str | None = None     # what the flushes issued now are for
+        # per cause: flush calls and the hardware operations they issued (emu.hw kinds)
+        self.flushes_by_cause: dict[str, dict[str, int]] = {}
         self.swap = SwapSpace()
         # set to a list to record every COW write fault as (pid, va, 'copy'|'reuse')
         self.cow_log: list[tuple[int, int, str]] | None = None
@@ -122,36 +128,134 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         if mm is None:
             mm = self._new_mm(pid)
         cpu = self.cpu_of(vcpu)
-        mm.cpumask.add(cpu)
+        self.switch_mm(cpu, mm)
         self.current_cpu = cpu
         return mm
 
     # ===== TLB ======================================================================
 
-    def _flush(self, mm: MM, start: int, end: int, stride_shift: int, last_level: bool) -> None:
-        """flush_tlb_range() of the mm through emu.kernel.tlbflush (none without hw)."""
-        if self.hw is None:
+    def switch_mm(self, cpu: int, mm: MM) -> None:
+        """The CPU runs a thread of mm now (switch_mm_irqs_off): it joins the mm's
+        cpumask and, on x86, flushes a PCID that went stale while it ran another mm."""
+        mm.cpumask.add(cpu)
+        if self.tlbstate.loaded.get(cpu) == mm.asid and cpu not in self.tlbstate.lazy:
             return
-        from emu.kernel import tlbflush
-        st = tlbflush.flush_tlb_range(self.hw, mm.asid, set(mm.cpumask), start, end,
-                                      stride_shift, last_level, this_cpu=self.current_cpu)
+        before = self._issued()
+        tlbflush.switch_mm(self.hw, self.tlbstate, cpu, mm.asid)
+        if before is not None:
+            self._account("switch_mm", before)
+
+    def enter_lazy_tlb(self, cpu: int) -> None:
+        """The CPU's thread stopped (exit): it idles with the mm still loaded, lazily."""
+        if self.tlbstate.loaded.get(cpu) is not None:
+            self.tlbstate.lazy.add(cpu)
+
+    def _cause(self) -> str:
+        """What a flush issued now is for: the running syscall/fault, else khugepaged
+        (the only work done on no vCPU)."""
+        if self.flush_cause is not None:
+            return self.flush_cause
+        return "khugepaged" if self.current_cpu is None else "other"
+
+    def _issued(self):
+        return None if self.hw is None else self.hw.flush_issued.sum(axis=0)
+
+    def _account(self, cause: str, before) -> dict[str, int]:
+        """Add the hardware operations issued since ``before`` to the cause's tally;
+        return them under the nr_tlb_* names the collapse cost model reads (the work
+        done on every CPU, not the vmstat meaning)."""
+        delta = self.hw.flush_issued.sum(axis=0) - before
+        if cause == "switch_mm" and not delta.any():
+            return {}
+        tally = self.flushes_by_cause.setdefault(cause, {"flushes": 0})
+        if cause != "switch_mm":
+            tally["flushes"] += 1
+        ops = {}
+        for i, n in enumerate(delta):
+            if n:
+                ops[FLUSH_KINDS[i]] = int(n)
+                tally[FLUSH_KINDS[i]] = tally.get(FLUSH_KINDS[i], 0) + int(n)
+        full = ops.get("cr3_flush", 0) + ops.get("tlbi_aside1is", 0)
+        return {"nr_tlb_local_flush_all": full,
+                "nr_tlb_local_flush_one": sum(ops.values()) - full - ops.get("ipi", 0),
+                "nr_tlb_remote_flush_received": ops.get("ipi", 0)}
+
+    def _flush(self, mm: MM, start: int, end: int, stride_shift: int, last_level: bool,
+               freed_tables: bool | None = None) -> dict[str, int]:
+        """flush_tlb_mm_range()/__flush_tlb_range() of the mm through tlbflush (none
+        without hw).  ``freed_tables`` (x86: IPIs to lazy CPUs too) defaults to
+        ``not last_level``: x86 flush_tlb_range passes true since early 2025 (page-table
+        detaching callers such as pmdp_collapse_flush), flush_tlb_page false.
+        Returns the work done (see _account)."""
+        if self.hw is None:
+            return {}
+        freed = (not last_level) if freed_tables is None else freed_tables
+        before = self._issued()
+        st = tlbflush.flush_tlb_range(self.hw, mm.asid, mm.cpumask, start, end,
+                                      stride_shift, last_level, this_cpu=self.current_cpu,
+                                      freed_tables=freed, state=self.tlbstate)
         self._count_flush(st)
+        cause = self._cause()
+        work = self._account(cause, before)
         self.bus.publish("tlb_flush", 0, pid=mm.pid, start=start, end=end,
                          stride_shift=stride_shift, last_level=last_level,
-                         cpu=self.current_cpu)
+                         cpu=self.current_cpu, cause=cause, work=work)
+        return work
+
+    def flush_tlb_page(self, mm: MM, va: int) -> dict[str, int]:
+        """flush_tlb_page(): one leaf entry (COW, ptep_clear_flush)."""
+        return self._flush(mm, va, va + self.page_size, self.page_shift, True, False)
+
+    def flush_pmd_tlb_range(self, mm: MM, start: int, end: int) -> dict[str, int]:
+        """flush_pmd_tlb_range() after a PMD changed (pmdp_invalidate, pmdp_huge_clear_flush).
+
+        arm64 overrides it with a PMD stride (one TLBI per 2 MiB, level hint 2); x86 has
+        no override, so it is flush_tlb_range with PAGE_SIZE stride: 512 strides exceed
+        tlb_single_page_flush_ceiling and the PCID is flushed whole."""
+        if self.arch.name == "arm64":
+            return self._flush(mm, start, end, self.pt.pmd_shift, False)
+        return self._flush(mm, start, end, self.page_shift, False)
+
+    def tlb_finish_mmu(self, mm: MM, tlb: tlbflush.MmuGather) -> dict[str, int]:
+        """tlb_finish_mmu() -> tlb_flush(): flush the gathered span with the stride of the
+        lowest level that changed (tlb_get_unmap_shift); nothing when nothing changed."""
+        if not tlb.needs_flush:
+            return {}
+        return self._flush(mm, tlb.start, tlb.end, tlb.unmap_shift(), not tlb.freed_tables,
+                           tlb.freed_tables)
+
+    def tlb_remove_table_sync_one(self) -> int:
+        """tlb_remove_table_sync_one() after pmdp_collapse_flush: an IPI to every other
+        online CPU (MMU_GATHER_RCU_TABLE_FREE, x86 and arm64).  Returns the IPIs."""
+        if self.hw is None:
+            return 0
+        before = self._issued()
+        n = tlbflush.tlb_remove_table_sync_one(self.hw, self.current_cpu)
+        cause = self._cause()
+        self._account(cause, before)
+        self.flushes_by_cause[cause]["flushes"] -= 1        # an IPI, not a flush
+        self.flushes_by_cause[cause]["sync_ipis"] = \
+            self.flushes_by_cause[cause].get("sync_ipis", 0) + n
+        return n
 
     def _flush_mm(self, mm: MM) -> None:
+        """flush_tlb_mm() (fork's parent, exit)."""
         if self.hw is None:
             return
-        from emu.kernel import tlbflush
-        self._count_flush(tlbflush.flush_tlb_mm(self.hw, mm.asid, set(mm.cpumask),
-                                                this_cpu=self.current_cpu))
+        before = self._issued()
+        self._count_flush(tlbflush.flush_tlb_mm(self.hw, mm.asid, mm.cpumask,
+                                                this_cpu=self.current_cpu,
+                                                state=self.tlbstate))
+        cause = self._cause()
+        work = self._account(cause, before)
         self.bus.publish("tlb_flush", 0, pid=mm.pid, start=0, end=None, stride_shift=0,
-                         last_level=False, cpu=self.current_cpu)
+                         last_level=False, cpu=self.current_cpu, cause=cause, work=work)
 
-    def _count_flush(self, st) -> None:
-        if isinstance(st, dict):
-            for name, n in st.items():
+    def _count_flush(self, st: dict[str, int]) -> None:
+        if self.arch.name != "x86_64":
+            return                        # count_vm_tlb_event(): arch/x86 only
+        for name, n in st.items():
+            if n:
                 self.stats.count_vm_event(name, n)
 
     # ===== mm lifecycle ===========================================================
@@ -225,7 +329,9 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         for pfn in list(mm.deposit.values()):
             self.pt.free_table(mm, pfn, pte_level=True)
         mm.deposit.clear()
-        self._flush_mm(mm)
+        saved, self.flush_cause = self.flush_cause, "exit"
+        self._flush_mm(mm)                          # tlb_finish_mmu of a fullmm gather
+        self.flush_cause = saved
 
 
     def syscall(self, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int) -> int:

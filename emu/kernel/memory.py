@@ -36,6 +36,15 @@ class FaultMixin:
         """Resolve a fault at va; True when the mapping now allows the access."""
         mm = self.enter(pid, cpu)
         self.stats.count_vm_event("pgfault")
+        if self.flush_cause is None:              # a fault inside a syscall keeps its cause
+            self.flush_cause = "fault"
+            try:
+                return self._handle_mm_fault(mm, pid, va, access)
+            finally:
+                self.flush_cause = None
+        return self._handle_mm_fault(mm, pid, va, access)
+
+    def _handle_mm_fault(self, mm: MM, pid: int, va: int, access: int) -> bool:
         va &= ~(self.page_size - 1)
         vma = mm.vmas.find(va)
         if vma is None and access == ACCESS_EXEC and pid in self._pending_pie:
@@ -281,6 +290,7 @@ class FaultMixin:
             mm.deposit[haddr] = self.pt.alloc_table(mm, pte_level=True)
         self.pt.set_pmd(mm, haddr, self.arch.mk_pmd_leaf(
             self.huge_zero_pfn, self._pte_prot(vma, False), young=True))
+        vma.anon_vma = True          # do_huge_pmd_anonymous_page: vmf_anon_prepare() first
         return True
 
     def _huge_pmd_fault(self, mm: MM, vma: VMA, va: int, access: int, pmd: int) -> bool:
@@ -296,8 +306,8 @@ class FaultMixin:
         if arch.pfn(pmd) == self.huge_zero_pfn:      # do_huge_zero_wp_pmd
             f = self.folio_alloc(self.pmd_order, anon=True)
             if f is not None:
-                self.pt.set_pmd(mm, haddr, 0)
-                self._flush(mm, haddr, haddr + self.pt.pmd_size, self.pt.pmd_shift, True)
+                self.pt.set_pmd(mm, haddr, 0)          # pmdp_huge_clear_flush
+                self.flush_pmd_tlb_range(mm, haddr, haddr + self.pt.pmd_size)
                 self._install_huge_pmd(mm, vma, haddr, f)
                 self.stats.count_vm_event("thp_fault_alloc")
                 self.stats.count_mthp_stat(self.pmd_order, "anon_fault_alloc")
@@ -323,11 +333,12 @@ class FaultMixin:
         if vma.flags & VM_SHARED and f is not None and not f.anon:
             pt.set_pte(mm, va, arch.mkdirty(arch.mkyoung(arch.mkwrite(pte))), try_fold=False)
             return True
-        if f is not None and f.anon and f.only_mm(mm.asid) and (f.large or f.mapcount() == 1):
+        if f is not None and f.anon and (f.exclusive or self.wp_can_reuse_anon_folio(f, mm)):
             # wp_page_reuse -> ptep_set_access_flags: unfolds a contpte block (the write
             # bit changes) and, unlike set_ptes, never tries to fold again
             pt.set_pte(mm, va, arch.mkdirty(arch.mkyoung(arch.mkwrite(pte))), try_fold=False)
-            f.exclusive = True
+            if not f.large:                 # SetPageAnonExclusive(page): the folio is the page
+                f.exclusive = True
             self._cow(mm, va, "reuse")
             return True
         g = self.folio_alloc(0, anon=True)                                         # wp_page_copy
@@ -335,8 +346,8 @@ class FaultMixin:
             return False
         if pfn != self.zero_pfn:
             self.physmem.copy(g.pfn, pfn)
-        pt.clear_pte(mm, va)
-        self._flush(mm, va, va + self.page_size, self.page_shift, True)
+        pt.clear_pte(mm, va)                                  # ptep_clear_flush
+        self.flush_tlb_page(mm, va)
         pt.set_pte(mm, va, arch.mk_pte(g.pfn, self._pte_prot(vma, True), True, True))
         self.folio_add_rmap_ptes(g, mm, 0)
         vma.anon_vma = True
@@ -344,6 +355,25 @@ class FaultMixin:
             self.folio_remove_rmap_ptes(f, mm, pfn - f.pfn)
             self._cow(mm, va, "copy")
         return True
+
+    @staticmethod
+    def wp_can_reuse_anon_folio(f: Folio, mm: MM) -> bool:
+        """wp_can_reuse_anon_folio() (mm/memory.c): may a write fault on a page that is
+        not PageAnonExclusive reuse its folio?
+
+        Large folios (__wp_can_reuse_large_anon_folio): only with more than one
+        mapping (a folio mapped by one page is copied so the rest can be freed), no
+        other mm mapping it (FOLIO_MM_IDS_SHARED clear) and every reference a
+        mapping.  Small folios: the only reference is this mapping.
+        """
+        if f.large:
+            large_mapcount = int(f.page_mapcount.sum()) + f.entire_mapcount
+            if large_mapcount <= 1:
+                return False
+            if not f.only_mm(mm.asid):
+                return False
+            return large_mapcount == f.refcount
+        return f.refcount == 1
 
     def _cow(self, mm: MM, va: int, what: str) -> None:
         self.stats.count_vm_event("emu_cow_" + what)

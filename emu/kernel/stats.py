@@ -22,7 +22,12 @@ VMSTAT_NAMES = (
     "thp_swpout", "thp_swpout_fallback",
     "emu_cow_copy", "emu_cow_reuse",        # emu's own: COW write faults that copied / reused
     "emu_contpte_fold", "emu_contpte_unfold",   # emu's own: arm64 contiguous-bit changes
-    # CONFIG_DEBUG_TLBFLUSH names, as emu.kernel.tlbflush returns them
+)
+
+# CONFIG_DEBUG_TLBFLUSH names, as emu.kernel.tlbflush returns them.  Only arch/x86/mm/tlb.c
+# increments them, so an arm64 kernel's /proc/vmstat shows them at 0 and emu's arm64
+# vmstat leaves them out rather than report counts no arm64 kernel keeps.
+TLBFLUSH_NAMES = (
     "nr_tlb_remote_flush", "nr_tlb_remote_flush_received",
     "nr_tlb_local_flush_all", "nr_tlb_local_flush_one",
 )
@@ -44,8 +49,9 @@ MM_COUNTERS = ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS", "MM_SHMEMPAGES")
 class VmStat:
     """Machine-wide event counters and per-size THP stats."""
 
-    def __init__(self) -> None:
-        self.vmstat: dict[str, int] = dict.fromkeys(VMSTAT_NAMES, 0)
+    def __init__(self, tlbflush_counters: bool = True) -> None:
+        names = VMSTAT_NAMES + (TLBFLUSH_NAMES if tlbflush_counters else ())
+        self.vmstat: dict[str, int] = dict.fromkeys(names, 0)
         self.mthp: dict[int, dict[str, int]] = {
             order_to_kb(o): dict.fromkeys(MTHP_STAT_NAMES, 0) for o in anon_orders()}
 

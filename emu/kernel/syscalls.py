@@ -16,6 +16,7 @@ from typing import Any
 
 from emu.arch.syscalls import uapi
 from emu.kernel.mm import MM
+from emu.kernel.tlbflush import MmuGather
 from emu.kernel.vma import (
     PAGE_SIZE,
     VM_DONTCOPY,
@@ -59,11 +60,16 @@ def apply(k: Any, pid: int, cpu: int, name: str, args: tuple[int, ...], ret: int
         return 0
     mm = k.enter(pid, cpu)
     a = tuple(int(x) for x in args) + (0,) * (6 - len(args))
+    # flushes are counted by cause: the syscall's name, MADV_COLLAPSE on its own
+    k.flush_cause = "madvise_collapse" if name == "madvise" and a[2] == U("MADV_COLLAPSE") \
+        else name
     try:
         return handler(k, mm, a, ret) or 0
     except MemoryError:            # the simulated machine ran out of frames
         k.stats.count_vm_event("emu_syscall_oom")
         return 0
+    finally:
+        k.flush_cause = None
 
 
 # --- mmap / munmap / mremap / mprotect / brk ------------------------------------------
@@ -122,11 +128,12 @@ def sys_mprotect(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     end = start + page_align_up(a[1])
     vm = prot_to_vm(a[2])
     k.vma_adjust_trans_huge(mm, start, end)
+    tlb = MmuGather()                  # do_mprotect_pkey: one gather for the whole call
     for vma in mm.vmas.carve(start, end):
         vma.flags = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | vm
-        k.change_protection(mm, vma, vma.start, vma.end)
+        k.change_protection(mm, vma, vma.start, vma.end, tlb)
     mm.vmas.merge_around(start, end)
-    k._flush(mm, start, end, k.page_shift, True)
+    k.tlb_finish_mmu(mm, tlb)
 
 
 def sys_brk(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
@@ -187,14 +194,17 @@ def sys_madvise(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> int:
         if advice == U("MADV_HUGEPAGE"):
             k.khugepaged_enter(mm)
     elif advice in (U("MADV_DONTNEED"), U("MADV_DONTNEED_LOCKED"), U("MADV_REMOVE")):
+        # one gather for the call (Linux 6.16+ batches MADV_DONTNEED across VMAs)
+        tlb = MmuGather()
         for vma in mm.vmas.overlapping(start, end):
-            k.zap_range(mm, max(start, vma.start), min(end, vma.end), flush=False)
-        k._flush(mm, start, end, k.page_shift, True)
+            k.zap_range(mm, max(start, vma.start), min(end, vma.end), tlb=tlb)
+        k.tlb_finish_mmu(mm, tlb)
     elif advice == U("MADV_FREE"):
+        tlb = MmuGather()
         for vma in mm.vmas.overlapping(start, end):
             if vma.is_anon:
-                k.madvise_free(mm, max(start, vma.start), min(end, vma.end))
-        k._flush(mm, start, end, k.page_shift, True)
+                k.madvise_free(mm, max(start, vma.start), min(end, vma.end), tlb)
+        k.tlb_finish_mmu(mm, tlb)
     elif advice in (U("MADV_POPULATE_READ"), U("MADV_POPULATE_WRITE")):
         populate(k, mm, start, end, write=advice == U("MADV_POPULATE_WRITE"))
     elif advice == U("MADV_COLLAPSE"):

@@ -76,11 +76,15 @@ def build_result(machine: Any, binary: str, argv: list[str],
     if machine.hw is not None:
         cpus = sorted({t.vcpu for t in machine.all_threads})
         per_cpu = {str(c): machine.hw.counters(c) for c in cpus}
-        total = _sum_counters(list(per_cpu.values()))
+        # flushes issued where no vCPU runs (khugepaged's CPU): counted as issued there,
+        # and in the total, so every received IPI or TLBI has its issuer
+        no_vcpu = machine.hw.issued_without_vcpu()
+        total = _sum_counters(list(per_cpu.values()) + [no_vcpu])
         result["tlb"] = {"profile": machine.hw.profile.name,
                          "total": total,
                          "neutral": machine.hw.neutral(total),
                          "per_cpu": per_cpu,
+                         "no_vcpu": no_vcpu,
                          "unresolved_faults": machine.unresolved_faults,
                          "unresolved_first": machine.unresolved,
                          "utlb": {"entries": machine.options.utlb,
@@ -91,6 +95,9 @@ def build_result(machine: Any, binary: str, argv: list[str],
             "config": k.config.as_sysfs(),
             "vmstat": k.vmstat,
             "mthp_stats": {str(kb): d for kb, d in sorted(k.mthp_stats.items())},
+            # per cause (the syscall, fault, fork, exit, khugepaged, madvise_collapse,
+            # switch_mm): flush calls and the hardware operations they issued
+            "flushes_by_cause": {c: dict(v) for c, v in sorted(k.flushes_by_cause.items())},
             "nr_free_frames": k.nr_free_frames,
         }
     if machine.oracle is not None:

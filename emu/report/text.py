@@ -98,6 +98,10 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         if utlb.get("entries"):
             add(f"{_n(utlb['hits'])}      micro-TLB hits (--utlb {utlb['entries']}: counted as"
                 " TLB accesses without a lookup)")
+        if tlb.get("no_vcpu"):
+            add("   issued by khugepaged's CPU (no vCPU): " + ", ".join(
+                f"{k.removeprefix('flush.').removesuffix('.issued')} {v:,}"
+                for k, v in tlb["no_vcpu"].items()))
         if tlb["unresolved_faults"]:
             add(f"{_n(tlb['unresolved_faults'])}      accesses the model could not map")
     kern = result.get("kernel")
@@ -111,6 +115,12 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             nz = {k: v for k, v in stats.items() if v}
             if nz:
                 add(f"   hugepages-{size}kB: " + ", ".join(f"{k}={v}" for k, v in nz.items()))
+        causes = kern.get("flushes_by_cause", {})
+        if causes:
+            add("   TLB flushes by cause (calls; operations issued):")
+            for cause, tally in causes.items():
+                parts = ", ".join(f"{k} {v:,}" for k, v in tally.items() if k != "flushes" and v)
+                add(f"   {cause:>17}: {tally.get('flushes', 0):>9,}   {parts}")
     kh = result.get("khugepaged")
     if kh and kh.get("thread", True):
         from emu.report.khugepaged import render as render_report

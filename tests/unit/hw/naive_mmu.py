@@ -636,14 +636,19 @@ def policy_flush_range(m: NaiveMachine, asid: int, cpus: Iterable[int], start: i
         whole = (end - start) >> stride_shift > CEILING
         vas = [] if whole else list(range(start, end, stride))
 
+        # NR_TLB_LOCAL_FLUSH_* count only the initiating CPU's own flush (flush_tlb_func's
+        # "local"); remote CPUs count NR_TLB_REMOTE_FLUSH_RECEIVED alone (changed with
+        # issue 11: the old policy counted every CPU's flush as local).
         def local(cpu: int) -> None:
             if whole:
                 m.cr3_flush(cpu, asid)
-                st["nr_tlb_local_flush_all"] += 1
+                if cpu == this_cpu:
+                    st["nr_tlb_local_flush_all"] += 1
             else:
                 for va in vas:
                     m.invlpg(cpu, va, asid)
-                st["nr_tlb_local_flush_one"] += len(vas)
+                if cpu == this_cpu:
+                    st["nr_tlb_local_flush_one"] += len(vas)
 
         mask = set(cpus)
         if this_cpu in mask:
@@ -656,31 +661,36 @@ def policy_flush_range(m: NaiveMachine, asid: int, cpus: Iterable[int], start: i
             st["nr_tlb_remote_flush_received"] += 1
             local(c)
         return dict(st)
+    # arm64 keeps no CONFIG_DEBUG_TLBFLUSH counts (only arch/x86 increments them): the
+    # increments stay 0.  Since Linux 6.10 the range limit is "more than" MAX_TLBI_RANGE_PAGES
+    # and the range loop runs SCALE from 3 down with NUM clamped to 31, whatever the stride.
+    end += -end % stride
     pages = (end - start) // 4096
-    if (not m.profile.tlbi_range and end - start >= MAX_DVM_OPS * stride) \
-            or pages >= MAX_TLBI_RANGE_PAGES:
+    if (m.profile.tlbi_range and pages > MAX_TLBI_RANGE_PAGES) \
+            or (not m.profile.tlbi_range and pages >= MAX_DVM_OPS * stride // 4096):
         m.tlbi_aside1is(this_cpu, asid)
-        st["nr_tlb_local_flush_all"] += 1
         return dict(st)
     va = start
-    if not m.profile.tlbi_range or stride != 4096:
-        while va < start + pages * 4096:
-            (m.tlbi_vale1is if last_level_only else m.tlbi_vae1is)(this_cpu, asid, va)
-            st["nr_tlb_local_flush_one"] += 1
+    single = m.tlbi_vale1is if last_level_only else m.tlbi_vae1is
+    if not m.profile.tlbi_range:
+        while va < end:
+            single(this_cpu, asid, va)
             va += stride
         return dict(st)
-    # FEAT_TLBIRANGE: the even part in (SCALE, NUM) chunks, SCALE rising from 0, each
-    # covering (NUM+1) * 2^(5*SCALE+1) pages; the odd last page by a single TLBI.
-    even = pages - pages % 2
-    for scale in range(4):
-        chunk = (even >> (5 * scale + 1)) & 31
-        if chunk:
-            m.tlbi_rvae1is(this_cpu, asid, va, scale, chunk - 1, last_level_only)
-            st["nr_tlb_local_flush_one"] += 1
-            va += chunk << (5 * scale + 1) << 12
-    if pages % 2:
-        (m.tlbi_vale1is if last_level_only else m.tlbi_vae1is)(this_cpu, asid, va)
-        st["nr_tlb_local_flush_one"] += 1
+    scale = 3
+    while pages > 0:
+        if pages == 1:
+            single(this_cpu, asid, va)
+            va += stride
+            pages -= stride // 4096
+            continue
+        unit = 1 << (5 * scale + 1)
+        num = min(pages, 32 * unit) // unit - 1
+        if num >= 0:
+            m.tlbi_rvae1is(this_cpu, asid, va, scale, num, last_level_only)
+            va += (num + 1) * unit * 4096
+            pages -= (num + 1) * unit
+        scale -= 1
     return dict(st)
 
 
@@ -689,9 +699,7 @@ def policy_flush_mm(m: NaiveMachine, asid: int, cpus: Iterable[int],
     if m.x86:
         return policy_flush_range(m, asid, cpus, 0, 1 << 62, 12, False, this_cpu)
     m.tlbi_aside1is(this_cpu, asid)
-    st = _stats()
-    st["nr_tlb_local_flush_all"] += 1
-    return dict(st)
+    return dict(_stats())
 
 
 def policy_flush_page(m: NaiveMachine, asid: int, cpus: Iterable[int], va: int,

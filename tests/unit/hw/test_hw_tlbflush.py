@@ -23,12 +23,14 @@ def test_x86_single_page_ceiling():
     t = m.hw.totals()
     assert t["flush.invlpg.issued"] == 66                 # 33 pages on each of 2 CPUs
     assert t["flush.ipi.received"] == 1 and m.hw.counters(1)["flush.ipi.received"] == 1
-    assert st["nr_tlb_remote_flush"] == 1 and st["nr_tlb_local_flush_one"] == 66
+    # arch/x86/mm/tlb.c flush_tlb_func(): NR_TLB_LOCAL_FLUSH_* only on the initiating CPU
+    assert st["nr_tlb_remote_flush"] == 1 and st["nr_tlb_local_flush_one"] == 33
+    assert st["nr_tlb_remote_flush_received"] == 1
     assert all(m.hw.probe(c, 1, BASE + 5 * PAGE) is None for c in (0, 1))
     st = tlbflush.flush_tlb_range(m.hw, 1, {0, 1}, BASE, BASE + 34 * PAGE, this_cpu=0)
     t = m.hw.totals()
     assert t["flush.cr3_flush.issued"] == 2 and t["flush.invlpg.issued"] == 66
-    assert st["nr_tlb_local_flush_all"] == 2
+    assert st["nr_tlb_local_flush_all"] == 1
 
 
 def test_x86_cpumask_and_issuer():
@@ -106,3 +108,51 @@ def test_flush_tlb_mm():
     tlbflush.flush_tlb_mm(a.hw, 1, {0, 1})
     assert a.hw.totals()["flush.tlbi_aside1is.issued"] == 1
     assert a.hw.probe(1, 1, BASE) is None
+
+
+def test_x86_local_counters_only_for_the_initiating_cpu():
+    """arch/x86/mm/tlb.c flush_tlb_func(): a flush from khugepaged's CPU (no vCPU, not in
+    the mask) counts nr_tlb_remote_flush once and one received per IPI, no local flush."""
+    m = make("x86_64", nr_cpus=3)
+    _fill(m, 4, (0, 1, 2))
+    st = tlbflush.flush_tlb_range(m.hw, 1, {0, 1, 2}, BASE, BASE + 2 * PAGE, this_cpu=None)
+    assert st == {"nr_tlb_remote_flush": 1, "nr_tlb_remote_flush_received": 3,
+                  "nr_tlb_local_flush_all": 0, "nr_tlb_local_flush_one": 0}
+    assert m.hw.totals()["flush.invlpg.issued"] == 6                   # 2 pages x 3 CPUs
+
+
+def test_arm64_reports_no_debug_tlbflush_counters():
+    """Only arch/x86 calls count_vm_tlb_event(): arm64 flushes return no increments."""
+    m = make("arm64", "neoverse_n1", nr_cpus=2)
+    _fill(m, 4, (0, 1))
+    st = tlbflush.flush_tlb_range(m.hw, 1, {0, 1}, BASE, BASE + 3 * PAGE, this_cpu=0)
+    assert not any(st.values())
+    assert not any(tlbflush.flush_tlb_mm(m.hw, 1, {0, 1}).values())
+    assert m.hw.totals()["flush.tlbi_vae1is.issued"] == 3
+
+
+def test_arm64_range_limit_and_descending_scale():
+    """arch/arm64/include/asm/tlbflush.h __flush_tlb_range_limit_excess(): with
+    FEAT_TLBIRANGE only more than MAX_TLBI_RANGE_PAGES (2^21 pages) flushes the ASID;
+    __flush_tlb_range_op(): SCALE falls from 3, NUM clamped to 31."""
+    assert tlbflush.MAX_TLBI_RANGE_PAGES == 1 << 21
+    m = make("arm64", "neoverse_v2", nr_cpus=1)
+    _fill(m, 4, (0,))
+    exact = tlbflush.MAX_TLBI_RANGE_PAGES * PAGE
+    tlbflush.flush_tlb_range(m.hw, 1, {0}, 0, exact, this_cpu=0)
+    t = m.hw.totals()
+    assert t["flush.tlbi_rvae1is.issued"] == 1 and "flush.tlbi_aside1is.issued" not in t
+    tlbflush.flush_tlb_range(m.hw, 1, {0}, 0, exact + PAGE, this_cpu=0)
+    assert m.hw.totals()["flush.tlbi_aside1is.issued"] == 1
+    # exactly 2^21 pages is one SCALE=3, NUM=31 operation: the pre-6.10 loop (SCALE rising
+    # from 0, NUM masked to 5 bits) could not express it, hence the old ">=" comparison.
+    # 2^21 - 2 pages: 31 units at each scale from 3 down to 0.
+    assert tlbflush._tlbi_range_ops(0, tlbflush.MAX_TLBI_RANGE_PAGES) == [(0, 3, 31)]
+    pages = tlbflush.MAX_TLBI_RANGE_PAGES - 2
+    ops = tlbflush._tlbi_range_ops(0, pages)
+    assert [(s, n) for _, s, n in ops] == [(3, 30), (2, 30), (1, 30), (0, 30)]
+    assert sum((n + 1) << (5 * s + 1) for _, s, n in ops) == pages
+    # a PMD stride with range operations: 512 pages by one range op, not one per PMD
+    tlbflush.flush_tlb_range(m.hw, 1, {0}, BASE, BASE + (4 << 20), stride_shift=21,
+                             this_cpu=0)
+    assert m.hw.totals()["flush.tlbi_rvae1is.issued"] == 2

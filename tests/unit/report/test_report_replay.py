@@ -144,3 +144,31 @@ def test_summary_verbose_lists_every_syscall(tmp_path: Path) -> None:
             and "emu_mark" not in ln] == []
     assert f" Syscalls: {len(res['syscalls'])} calls; -v lists them" in short.splitlines()
     assert f" VMAs: {len(res['vmas'])} at exit," in short
+
+
+@pytest.mark.parametrize("name", ["churn-x86_64", "churn-arm64", "threads-x86_64"])
+def test_flushes_by_cause_account_for_every_flush_operation(tmp_path: Path, name: str) -> None:
+    """Issue 16: every flush operation the hardware counted as issued (the vCPUs' and
+    the no-vCPU row's) is in exactly one cause of kernel.flushes_by_cause, and the text
+    summary prints each cause with the JSON's numbers."""
+    res = replay(tmp_path, name)
+    causes = res["kernel"]["flushes_by_cause"]
+    total = res["tlb"]["total"]
+    kinds = {k.removeprefix("flush.").removesuffix(".issued") for k in total
+             if k.startswith("flush.") and k.endswith(".issued")}
+    assert kinds
+    for kind in kinds:
+        assert sum(t.get(kind, 0) for t in causes.values()) == total[f"flush.{kind}.issued"]
+        assert total[f"flush.{kind}.issued"] <= total.get(f"flush.{kind}.received", 0) or \
+            kind == "ipi"
+    assert {"munmap", "madvise", "mprotect", "exit"} <= set(causes) or name.startswith("threads")
+    if name.startswith("threads"):                   # IPIs: each issued one was received
+        assert total["flush.ipi.issued"] == total["flush.ipi.received"] > 0
+    text = render(res)
+    assert "   TLB flushes by cause (calls; operations issued):" in text
+    for cause, tally in causes.items():
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{cause}:"))
+        assert f"{tally['flushes']:,}" in line
+        for kind, n in tally.items():
+            if kind != "flushes" and n:
+                assert f"{kind} {n:,}" in line
