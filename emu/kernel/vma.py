@@ -25,12 +25,14 @@ VM_DONTCOPY = 0x00020000
 VM_WIPEONFORK = 0x02000000
 VM_HUGEPAGE = 0x20000000
 VM_NOHUGEPAGE = 0x40000000
+VM_DROPPABLE = 1 << 40      # VM_DROPPABLE_BIT 40 on 64-bit (mmap MAP_DROPPABLE, 6.11+)
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 
 FLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh",
               VM_GROWSDOWN: "gd", VM_DONTCOPY: "dc", VM_WIPEONFORK: "wf",
-              VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh"}
+              VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
+              VM_DROPPABLE: "dp"}
 
 
 def vm_prot(flags: int) -> int:

@@ -38,7 +38,7 @@ from emu.kernel.khugepaged.pte_info import (
     read_ptes,
 )
 from emu.kernel.khugepaged.results import ScanResult
-from emu.kernel.vma import VM_WRITE, VMA, vm_prot
+from emu.kernel.vma import VM_DROPPABLE, VM_WRITE, VMA, vm_prot
 
 S = ScanResult
 PMD_MASK = ~(PMD_SIZE - 1)
@@ -64,9 +64,10 @@ class CollapseControl:
         default_factory=lambda: np.zeros(PMD_NR, dtype=np.bool_))
     # v5: one bit per KHUGEPAGED_MIN_MTHP_ORDER chunk of 4 PTEs (128 bits).
     mthp_bitmap: np.ndarray = field(default_factory=lambda: np.zeros(128, dtype=np.bool_))
-    # Lance Yang's post-v19 fix (UNCONFIRMED whether merged): count accepted swap PTEs
-    # as occupied in the PMD-order pre-check.  Off = v19 as posted.
-    pmd_precheck_counts_swap: bool = False
+    # "mm/khugepaged: fix PMD collapse swap PTE accounting" (linux-next, after v19; from
+    # Lance Yang's review of v19 11/14): the PMD-order pre-check of mthp_collapse()
+    # counts the swap PTEs the scan accepted as occupied.  False = v19 as posted.
+    pmd_precheck_counts_swap: bool = True
     # Stand-in for reclaim's LRU aging: if set, the isolate step test-and-clears the
     # PTE young bits it counted, so a page untouched since the last visit counts as
     # not referenced next time.  The kernel's scan itself only tests (docs/khugepaged.md).
@@ -231,6 +232,10 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
         folio = int(p["folio"])
         if folio < 0:
             result = S.SCAN_PAGE_NULL
+            break
+        if (cc.is_khugepaged and not vma.flags & VM_DROPPABLE and p["lazyfree"]
+                and not p["dirty"]):
+            result = S.SCAN_PAGE_LAZYFREE           # mm tree: khugepaged only
             break
         if p["shared"]:
             shared += 1

@@ -37,7 +37,7 @@ from emu.kernel.khugepaged.pte_info import (
     read_ptes,
 )
 from emu.kernel.khugepaged.results import ScanResult
-from emu.kernel.vma import VMA
+from emu.kernel.vma import VM_DROPPABLE, VMA
 
 # collapse_huge_page()'s signature, so the order walks can be driven with another
 # (tests give them a recorder of the candidates they choose).
@@ -47,11 +47,15 @@ S = ScanResult
 
 
 def scan_ptes(ptes: np.ndarray, max_none: int, max_swap: int, max_shared: int,
-              is_khugepaged: bool) -> tuple[ScanResult, int, dict]:
+              is_khugepaged: bool, droppable: bool = False) -> tuple[ScanResult, int, dict]:
     """The per-PTE loop of collapse_scan_pmd(), vectorised.
 
-    Returns (result, PTEs examined, counts).  Every PTE before the first failing one
-    passed every check, so running counts with cumsum reproduce the loop exactly.
+    The checks and their order are the mm tree's (mm/khugepaged.c collapse_scan_pmd()
+    with the v19 series, mid-2026): every non-present entry, swap or not, counts as
+    unmapped against max_swap (a migration entry fails only later, in isolate); a
+    lazy-free folio whose PTE is clean stops khugepaged (not MADV_COLLAPSE) unless the
+    VMA is VM_DROPPABLE.  Returns (result, PTEs examined, counts).  Every PTE before
+    the first failing one passed every check, so cumsum reproduces the loop exactly.
     """
     kind = ptes["kind"]
     none_or_zero = (kind == PTE_NONE) | (kind == PTE_ZERO)
@@ -60,19 +64,20 @@ def scan_ptes(ptes: np.ndarray, max_none: int, max_swap: int, max_shared: int,
     present = kind == PTE_PRESENT
     has_folio = present & (ptes["folio"] >= 0)
     anon = has_folio & ptes["anon"]
-    shared = anon & ptes["shared"] & ~ptes["uffd_wp"]
+    shared = anon & ptes["shared"]
+    skip_lazyfree = is_khugepaged and not droppable
+    lazyfree = has_folio & ptes["lazyfree"] & ~ptes["dirty"] & skip_lazyfree
     # The per-PTE checks, in the order collapse_scan_pmd() makes them.
     checks = [
         (none_or_zero & (np.cumsum(none_or_zero) > max_none), S.SCAN_EXCEED_NONE_PTE),
-        (kind == PTE_NONPRESENT, S.SCAN_PTE_NON_PRESENT),
-        (swap & is_khugepaged & (np.cumsum(unmapped) > max_swap), S.SCAN_EXCEED_SWAP_PTE),
-        ((swap | present) & ptes["uffd_wp"], S.SCAN_PTE_UFFD_WP),
+        (unmapped & (np.cumsum(unmapped) > max_swap), S.SCAN_EXCEED_SWAP_PTE),
+        ((unmapped | present) & ptes["uffd_wp"], S.SCAN_PTE_UFFD_WP),
         (present & ~has_folio, S.SCAN_PAGE_NULL),
+        (lazyfree, S.SCAN_PAGE_LAZYFREE),
         (has_folio & ~ptes["anon"], S.SCAN_PAGE_ANON),
-        (shared & is_khugepaged & (np.cumsum(shared) > max_shared), S.SCAN_EXCEED_SHARED_PTE),
+        (shared & (np.cumsum(shared) > max_shared), S.SCAN_EXCEED_SHARED_PTE),
         (present & ~ptes["lru"], S.SCAN_PAGE_LRU),
         (present & ptes["locked"], S.SCAN_PAGE_LOCK),
-        (present & ptes["lazyfree"], S.SCAN_PAGE_LAZYFREE),
         (present & ~ptes["refcount_ok"], S.SCAN_PAGE_COUNT),
     ]
     code = np.select([c for c, _ in checks], np.arange(1, len(checks) + 1), 0)
@@ -113,7 +118,8 @@ def collapse_scan_pmd(k: Any, mm: Any, vma: VMA, start_addr: int,
     ptes = read_ptes(k, mm, start_addr)
     result, examined, counts = scan_ptes(
         ptes, max_none, collapse_max_ptes_swap(cc, PMD_ORDER),
-        collapse_max_ptes_shared(cc, PMD_ORDER), cc.is_khugepaged)
+        collapse_max_ptes_shared(cc, PMD_ORDER), cc.is_khugepaged,
+        bool(vma.flags & VM_DROPPABLE))
     cc.progress += examined
     cc.step(cc.costs.scan_pte_ns * examined)
     if result is S.SCAN_EXCEED_NONE_PTE:
