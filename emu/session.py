@@ -169,12 +169,12 @@ def _parse_marks(specs: list[str], no_hw: bool) -> list[tuple[int, str, Any]]:
 def _mark_actions(marks: list[tuple[int, str, Any]], machine: Machine) -> dict[int, list[Any]]:
     """The parsed --at-mark settings as calls on this machine's kernel and khugepaged."""
     actions: dict[int, list[Any]] = {}
-    cfg = machine.kernel.config
+    k = machine.kernel
     for mark_id, name, value in marks:
         if name == "thp":
-            action = partial(setattr, cfg, "enabled", value)
+            action = partial(k.thp_sysfs_store, enabled=value)
         elif name == "mthp":
-            action = partial(cfg.hugepages.update, value)
+            action = partial(k.thp_sysfs_store, hugepages=value)
         else:
             action = partial(_set_knob, machine, name, value)
         actions.setdefault(mark_id, []).append(action)

@@ -90,7 +90,8 @@ def do_mmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
         vma = VMA(start, end, vm, "file", f"fd{fd}", f"fd:{mm.pid}:{fd}",
                   off >> k.page_shift)
     mm.vmas.insert(vma)
-    mm.vmas.merge_around(start, end)
+    for v in mm.vmas.merge_around(start, end):
+        k.khugepaged_enter_vma(mm, v)
     if flags & U("MAP_POPULATE"):
         populate(k, mm, start, end, write=bool(vm & VM_WRITE) and not shared)
 
@@ -121,7 +122,8 @@ def sys_mprotect(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     for vma in mm.vmas.carve(start, end):
         vma.flags = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | vm
         k.change_protection(mm, vma, vma.start, vma.end)
-    mm.vmas.merge_around(start, end)
+    for v in mm.vmas.merge_around(start, end):
+        k.khugepaged_enter_vma(mm, v)
     k._flush(mm, start, end, k.page_shift, True)
 
 
@@ -134,7 +136,8 @@ def sys_brk(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
         lo = max(old_end, base)
         k.do_munmap(mm, lo, new_end)
         mm.vmas.insert(VMA(lo, new_end, VM_READ | VM_WRITE, "heap", "[heap]"))
-        mm.vmas.merge_around(lo, new_end)
+        for v in mm.vmas.merge_around(lo, new_end):
+            k.khugepaged_enter_vma(mm, v)
     elif new_end < old_end:
         k.do_munmap(mm, max(new_end, base), old_end)
     mm.brk = ret
@@ -181,7 +184,7 @@ def sys_madvise(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> int:
             vma.flags = (vma.flags | set_bits) & ~clear_bits
         mm.vmas.merge_around(start, end)
         if advice == U("MADV_HUGEPAGE"):
-            k.khugepaged_enter(mm)
+            k.khugepaged_enter(mm, start, end)
     elif advice in (U("MADV_DONTNEED"), U("MADV_DONTNEED_LOCKED"), U("MADV_REMOVE")):
         for vma in mm.vmas.overlapping(start, end):
             k.zap_range(mm, max(start, vma.start), min(end, vma.end), flush=False)

@@ -172,8 +172,12 @@ class VmaTree:
         vma.start = start
         self._starts[i] = start
 
-    def merge_around(self, start: int, end: int) -> None:
-        """Merge VMAs that touch [start, end] with their neighbours where they can."""
+    def merge_around(self, start: int, end: int) -> list[VMA]:
+        """Merge VMAs that touch [start, end] with their neighbours where they can.
+
+        Returns the VMAs that grew by a merge (the kernel calls khugepaged_enter_vma()
+        on each: vma_merge_new_range(), vma_merge_existing_range())."""
+        merged: list[VMA] = []
         i = max(bisect.bisect_right(self._starts, start) - 2, 0)
         while i + 1 < len(self._vmas) and self._vmas[i].start <= end:
             a, b = self._vmas[i], self._vmas[i + 1]
@@ -182,8 +186,11 @@ class VmaTree:
                 a.anon_vma = a.anon_vma or b.anon_vma
                 del self._vmas[i + 1]
                 del self._starts[i + 1]
+                if a not in merged:
+                    merged.append(a)
             else:
                 i += 1
+        return merged
 
     def clone(self) -> VmaTree:
         t = VmaTree()

@@ -49,8 +49,9 @@ def _cc(khugepaged=True, **knobs):
                            costs=CollapseCosts.load())
 
 
-def _vma(start, end, flags=RW, **kw):
-    return VMA(start, end, flags, **kw)
+def _vma(start, end, flags=RW, anon_vma=True, **kw):
+    """A VMA that has been written (it has an anon_vma)."""
+    return VMA(start, end, flags, anon_vma=anon_vma, **kw)
 
 
 def test_every_result_has_a_distinct_status_string_and_an_errno():

@@ -77,7 +77,7 @@ def test_madvise_collapse_installs_a_huge_pmd(arch):
 def test_khugepaged_mthp_64k_on_real_tables(arch):
     k, c, mm = _machine(arch)
     _fault(k, mm, B, 512)
-    k.config.hugepages[64] = "always"
+    k.thp_sysfs_store(hugepages={64: "always"})
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 32}
@@ -100,8 +100,8 @@ def test_rollback_restores_every_descriptor():
         assert k.handle_mm_fault(2, 0, B + i * PAGE, 1, None)
     table = k.pt.pte_table(child, B)
     before = k.physmem.pgtables.table(table).copy()
-    k.config.hugepages[64] = "always"
-    k.config.hugepages[2048] = "never"
+    k.thp_sysfs_store(hugepages={64: "always"})
+    k.thp_sysfs_store(hugepages={2048: "never"})
     k.khugepaged.enter(child, 0)
     k.khugepaged.run(0)
     after = k.physmem.pgtables.table(k.pt.pte_table(child, B))
@@ -117,7 +117,7 @@ def test_pageout_and_swapin_during_pmd_collapse():
     assert k.madvise_pageout(mm, B, B + 10 * PAGE) == 10
     assert mm.counters["MM_SWAPENTS"] == 10
     assert k.arch.is_swap(k.pt.get_pte(mm, B))
-    k.config.enabled = "always"
+    k.thp_sysfs_store(enabled="always")
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     assert k.pt.pmd_is_leaf(k.pt.get_pmd(mm, B))
@@ -130,7 +130,7 @@ def test_mthp_collapse_leaves_swap_ranges_alone():
     k, c, mm = _machine()
     _fault(k, mm, B, 512)
     k.madvise_pageout(mm, B + 5 * PAGE, B + 6 * PAGE)
-    k.config.hugepages[64] = "always"
+    k.thp_sysfs_store(hugepages={64: "always"})
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     assert c.section(k.khugepaged)["collapses_by_size_kb"] == {64: 31}
@@ -171,7 +171,7 @@ def test_madvise_collapse_einval_and_vma_nohugepage():
 def test_report_has_mapping_sizes_before_and_after():
     k, c, mm = _machine("arm64")
     _fault(k, mm, B, 512)
-    k.config.hugepages[64] = "always"
+    k.thp_sysfs_store(hugepages={64: "always"})
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     r = c.section(k.khugepaged)
