@@ -210,6 +210,7 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
     max_none = collapse_max_ptes_none(cc, vma, order)
     max_shared = collapse_max_ptes_shared(cc, order)
     none_or_zero = shared = referenced = 0
+    writable = False
     isolated: list[int] = []
     result = S.SCAN_SUCCEED
     for i in range(first, first + (1 << order)):
@@ -237,6 +238,10 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
                 and not p["dirty"]):
             result = S.SCAN_PAGE_LAZYFREE           # mm tree: khugepaged only
             break
+        # v5 08/12 tests the folio order before the shared count; v19 07/14 after it.
+        if cc.algo == "v5" and order != PMD_ORDER and int(p["folio_order"]) >= order:
+            result = S.SCAN_PTE_MAPPED_HUGEPAGE
+            break
         if p["shared"]:
             shared += 1
             if shared > max_shared:
@@ -261,7 +266,10 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
             cc.step(cc.costs.isolate_folio_ns)
         if cc.is_khugepaged and (p["young"] or p["referenced"]):
             referenced += 1
-    if result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
+        writable |= bool(p["write"])
+    if result is S.SCAN_SUCCEED and cc.algo == "v5" and not writable:
+        result = S.SCAN_PAGE_RO                  # v5's 2025 base still had the check
+    elif result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
         result = S.SCAN_LACK_REFERENCED_PAGE
     if result is not S.SCAN_SUCCEED:
         isolated = []                     # putback: no LRU is modelled
