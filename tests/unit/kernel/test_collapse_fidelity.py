@@ -189,3 +189,32 @@ def test_isolate_fails_on_a_non_present_entry():
     vma = VMA(B, B + HPAGE_PMD_SIZE, VM_READ | VM_WRITE, anon_vma=True)
     result, isolated = collapse_huge_page_isolate(None, None, vma, B, _ptes(1), cc, 9)
     assert (result, isolated) == (S.SCAN_PTE_NON_PRESENT, [])
+
+
+# ------------------------------------------------------------ issue 16: re-attempts
+
+def test_v19_reattempts_completed_64k_ranges_every_pass(sim):
+    """mm/khugepaged.c mthp_collapse() (v19 11/14) and collapse_huge_page(): a PMD range
+    already made of 32 x 64K mTHPs passes the bitmap pre-check again on every pass;
+    each of the 32 attempts allocates a 64K folio, clears the PMD and flushes 2 MiB
+    before isolate answers SCAN_PTE_MAPPED_HUGEPAGE (07/14).  v5 (08/12 + 09/12) stops
+    its walk at the first such answer: one attempt per pass."""
+    p = sim.new_proc()
+    sim.mmap(p, B, HPAGE_PMD_SIZE)
+    sim.fault_range(p, B, HPAGE_PMD_NR)
+    sim.kernel.thp_sysfs_store(hugepages={64: "always", 2048: "never"})
+    sim.madvise(p, B, HPAGE_PMD_SIZE, "MADV_HUGEPAGE")
+    kh = sim.khugepaged
+    sim.tick(0)
+    assert sim.mapping_sizes(p, B, B + HPAGE_PMD_SIZE) == {4: 32}
+    per_pass = 32 if kh.cc.algo == "v19" else 1
+    for n in (1, 2):
+        allocs, flushes = sim.mthp(4, "collapse_alloc"), sim.vmstat["emu_collapse_flush"]
+        for j in range(0, HPAGE_PMD_NR, 16):              # the guest keeps them young
+            sim.read(p, B + j * PAGE_SIZE)
+        sim.tick(kh.next_wake_ns)
+        assert sim.mthp(4, "collapse_alloc") - allocs == per_pass
+        assert sim.vmstat["emu_collapse_flush"] - flushes == per_pass
+        assert kh.results[S.SCAN_FAIL] == n               # nothing new: SCAN_FAIL
+    assert sim.mapping_sizes(p, B, B + HPAGE_PMD_SIZE) == {4: 32}
+    assert not sim.validate(p)
