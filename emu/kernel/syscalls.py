@@ -19,6 +19,7 @@ from emu.kernel.mm import MM
 from emu.kernel.vma import (
     PAGE_SIZE,
     VM_DONTCOPY,
+    VM_DROPPABLE,
     VM_EXEC,
     VM_GROWSDOWN,
     VM_HUGEPAGE,
@@ -75,6 +76,8 @@ def do_mmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
         vm |= VM_GROWSDOWN
     if flags & U("MAP_STACK"):
         vm |= VM_NOHUGEPAGE            # Linux 6.8+: MAP_STACK implies VM_NOHUGEPAGE
+    if (flags & 0xf) == U("MAP_DROPPABLE"):   # 6.11+: private, dropped under pressure
+        vm |= VM_DROPPABLE | VM_WIPEONFORK
     shared = (flags & 0x3) in (U("MAP_SHARED"), U("MAP_SHARED_VALIDATE"))
     if shared:
         vm |= VM_SHARED

@@ -6,7 +6,7 @@ import errno
 
 import numpy as np
 import pytest
-from scenario import ALGOS, ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE, Scenario
+from scenario import ALGOS, ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE, UAPI, Scenario
 
 from emu.bus import EventBus
 from emu.kernel.config import ThpConfig
@@ -32,9 +32,13 @@ def _lazyfree_pmd(sim, droppable=False):
     """The host-observed pattern: write a whole PMD at 4 KiB, MADV_FREE its first half,
     write its first quarter again (dirty again; the second quarter stays clean)."""
     p = sim.new_proc()
-    sim.mmap(p, B, HPAGE_PMD_SIZE)
-    if droppable:
-        sim.mm(p).vmas.find(B).flags |= VM_DROPPABLE
+    if droppable:                  # mmap(MAP_DROPPABLE): VM_DROPPABLE (mm/mmap.c, 6.11+)
+        flags = UAPI["MAP_DROPPABLE"] | UAPI["MAP_ANONYMOUS"] | UAPI["MAP_FIXED"]
+        sim.kernel.syscall(p.pid, p.cpu, "mmap",
+                           (B, HPAGE_PMD_SIZE, 3, flags, (1 << 64) - 1, 0), B)
+        assert sim.mm(p).vmas.find(B).flags & VM_DROPPABLE
+    else:
+        sim.mmap(p, B, HPAGE_PMD_SIZE)
     sim.fault_range(p, B, HPAGE_PMD_NR)
     sim.madvise(p, B, HPAGE_PMD_SIZE // 2, "MADV_FREE")
     sim.fault_range(p, B, QUARTER)
