@@ -1,14 +1,16 @@
 /* sparse: populate 2 MiB ranges sparsely, then keep running over them, so
  * khugepaged has something to find and time to find it.
  *
- *   sparse [-r PMDS] [-n FIRST_PAGES | -p PAGELIST] [-i ROUNDS] [-w MS] [-H] [-R]
+ *   sparse [-r PMDS] [-n FIRST_PAGES | -p PAGELIST] [-i ROUNDS] [-w MS] [-H] [-L] [-R]
  *
  * Each of PMDS ranges (default 4) gets the chosen pages (default the first
  * 64 of each 512; PAGELIST as in collapse) written once; then every
  * populated page is read once per round, ROUNDS times (default 1000).  With
  * -w the rounds continue until at least MS milliseconds of wall time have
  * passed (for native khugepaged runs); the truth counts the rounds made.
- * -H applies MADV_HUGEPAGE, -R adds the host kernel's mapping at the end.
+ * -H applies MADV_HUGEPAGE, -L applies it late (right after mark 2, where a THP
+ * setting changed at that mark lets khugepaged_enter_vma() register the mm: the
+ * region has an anon_vma by then), -R adds the host kernel's mapping at the end.
  * Marks: 1 before populating, 2 after populating, 3 after the last round.
  */
 #include <getopt.h>
@@ -31,11 +33,11 @@ int main(int argc, char **argv)
 {
 	unsigned long npmd = 4, first = 64, rounds = 1000, wait_ms = 0;
 	const char *list = NULL;
-	int hugepage = 0, report = 0, c;
+	int hugepage = 0, late = 0, report = 0, c;
 
 	truth_prog = "sparse";
 	opterr = 0;
-	while ((c = getopt(argc, argv, "r:n:p:i:w:HR")) != -1) {
+	while ((c = getopt(argc, argv, "r:n:p:i:w:HLR")) != -1) {
 		switch (c) {
 		case 'r': npmd = parse_ulong(optarg, "PMD count"); break;
 		case 'n': first = parse_ulong(optarg, "page count"); break;
@@ -43,9 +45,10 @@ int main(int argc, char **argv)
 		case 'i': rounds = parse_ulong(optarg, "rounds"); break;
 		case 'w': wait_ms = parse_ulong(optarg, "milliseconds"); break;
 		case 'H': hugepage = 1; break;
+		case 'L': late = 1; break;
 		case 'R': report = 1; break;
 		default: die_usage("bad option -%c; usage: sparse [-r PMDS] [-n FIRST_PAGES | -p PAGELIST] "
-				   "[-i ROUNDS] [-w MS] [-H] [-R]", optopt);
+				   "[-i ROUNDS] [-w MS] [-H] [-L] [-R]", optopt);
 		}
 	}
 	if (optind != argc)
@@ -78,6 +81,8 @@ int main(int argc, char **argv)
 	for (size_t k = 0; k < n; k++)
 		p[idx[k] * WORDS_PER_PAGE] = k + 1;
 	emu_mark(2);
+	if (late && madvise((void *)r.map_start, r.map_end - r.map_start, MADV_HUGEPAGE))
+		die_errno("madvise(MADV_HUGEPAGE)");
 	while (done < rounds || (wait_ms && now_ms() - t0 < wait_ms)) {
 		for (size_t k = 0; k < n; k++)
 			sink += p[idx[k] * WORDS_PER_PAGE];

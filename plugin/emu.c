@@ -862,6 +862,20 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
     }
 }
 
+/* Once the process has (had) other threads, a syscall's or marker's record is
+ * published when the call returns: another thread that runs on after this call
+ * (woken by it, or simply later) must not have its events reach the reader
+ * first just because this vCPU's chunk was not full yet.  Without this, an idle
+ * main thread's madvise() or emu_mark() arrived after every worker's later
+ * accesses, and the model saw the call at the end of the run. */
+static void publish_in_order(struct vcpu *v)
+{
+    if (g_batch)
+        return;
+    flush_chunk(v);
+    out_flush(v);
+}
+
 static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int64_t ret)
 {
     (void)id;
@@ -871,6 +885,7 @@ static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int
     sync_point(v); /* normally empty since the entry: no guest code ran */
     if (nr == EMU_MARK_NR) {
         put_value(v, K_MARK, v->sc_args[0]);
+        publish_in_order(v);
         return;
     }
     if (ret == 0 && is_fork_like(nr, v->sc_args[0])) {
@@ -902,6 +917,7 @@ static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int
         }
     }
     put_syscall(v, nr, v->sc_args, ret);
+    publish_in_order(v);
 }
 
 static void on_atexit(qemu_plugin_id_t id, void *ud)

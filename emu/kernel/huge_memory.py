@@ -56,7 +56,8 @@ def thp_vma_allowable_orders(vma: VMA, tva: int, orders: int, config: ThpConfig,
 
     The sysfs masks apply except to MADV_COLLAPSE (TVA_FORCED_COLLAPSE); callers
     other than the fault drop orders, highest first, until one fits below the
-    VMA's end (__thp_vma_allowable_orders()).
+    VMA's end; a VMA without an anon_vma allows nothing to khugepaged and
+    MADV_COLLAPSE (mm/huge_memory.c __thp_vma_allowable_orders()).
     """
     if tva != TVA_FORCED_COLLAPSE:
         orders &= config.anon_orders(bool(vma.flags & VM_HUGEPAGE))
@@ -70,6 +71,10 @@ def thp_vma_allowable_orders(vma: VMA, tva: int, orders: int, config: ThpConfig,
             if thp_vma_suitable_order(vma, vma.end - (PAGE_SIZE << order), order):
                 break
             orders &= ~BIT(order)
+    # No anon_vma yet (nothing was ever written, nor PMD-faulted): only smaps and the
+    # fault path, which creates it, see orders; khugepaged and MADV_COLLAPSE see none.
+    if not vma.anon_vma and tva not in (TVA_SMAPS, TVA_PAGEFAULT):
+        return 0
     return orders
 
 

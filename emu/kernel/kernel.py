@@ -349,10 +349,30 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
 
     # ===== khugepaged hooks (mm/khugepaged.c's entry points) ============================
 
-    def khugepaged_enter(self, mm: MM) -> None:
-        """khugepaged_enter_vma() for mm's VMAs (mmap, MADV_HUGEPAGE)."""
+    def khugepaged_enter_vma(self, mm: MM, vma: VMA | None) -> None:
+        """khugepaged_enter_vma(): a PMD-order fault, a VMA merge or expansion."""
+        if self.khugepaged is not None and vma is not None:
+            self.khugepaged.khugepaged_enter_vma(mm, vma)
+
+    def khugepaged_enter(self, mm: MM, start: int = 0, end: int = 1 << 64) -> None:
+        """hugepage_madvise(MADV_HUGEPAGE): khugepaged_enter_vma() for each VMA of the
+        range (the whole mm when no range is given)."""
+        if self.khugepaged is None:
+            return
+        for vma in mm.vmas.overlapping(start, end):
+            self.khugepaged.khugepaged_enter_vma(mm, vma)
+
+    def thp_sysfs_store(self, enabled: str | None = None,
+                        hugepages: dict[int, str] | None = None) -> None:
+        """Write /sys/kernel/mm/transparent_hugepage/enabled and/or
+        hugepages-<size>kB/enabled, as an admin would: the store
+        (enabled_store()/thpsize_enabled_store()) then start_stop_khugepaged()."""
+        if enabled is not None:
+            self.config.enabled = enabled
+        if hugepages:
+            self.config.hugepages.update(hugepages)
         if self.khugepaged is not None:
-            self.khugepaged.enter(mm)
+            self.khugepaged.start_stop()
 
     def _swap_entry_gone(self, mm: MM, d: int) -> None:
         """A swap PTE was zapped: swap_free() its slot, MM_SWAPENTS - 1."""

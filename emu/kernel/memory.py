@@ -112,6 +112,9 @@ class FaultMixin:
         assert ps is not None
         pmd = store.read(*ps)
         if pmd == 0 and vma.is_anon and self._pmd_thp_allowed(mm, vma, va):
+            # do_huge_pmd_anonymous_page(): vmf_anon_prepare(), then khugepaged_enter_vma()
+            vma.anon_vma = True
+            self.khugepaged_enter_vma(mm, vma)
             if not write and self.config.use_zero_page:
                 if self._map_huge_zero_pmd(mm, vma, va):
                     return True

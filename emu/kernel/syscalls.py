@@ -20,6 +20,7 @@ from emu.kernel.tlbflush import MmuGather
 from emu.kernel.vma import (
     PAGE_SIZE,
     VM_DONTCOPY,
+    VM_DROPPABLE,
     VM_EXEC,
     VM_GROWSDOWN,
     VM_HUGEPAGE,
@@ -85,6 +86,8 @@ def do_mmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
         vm |= VM_GROWSDOWN
     if flags & U("MAP_STACK"):
         vm |= VM_NOHUGEPAGE            # Linux 6.8+: MAP_STACK implies VM_NOHUGEPAGE
+    if (flags & 0xf) == U("MAP_DROPPABLE"):   # 6.11+: private, dropped under pressure
+        vm |= VM_DROPPABLE | VM_WIPEONFORK
     shared = (flags & 0x3) in (U("MAP_SHARED"), U("MAP_SHARED_VALIDATE"))
     if shared:
         vm |= VM_SHARED
@@ -100,7 +103,8 @@ def do_mmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
         vma = VMA(start, end, vm, "file", f"fd{fd}", f"fd:{mm.pid}:{fd}",
                   off >> k.page_shift)
     mm.vmas.insert(vma)
-    mm.vmas.merge_around(start, end)
+    for v in mm.vmas.merge_around(start, end):
+        k.khugepaged_enter_vma(mm, v)
     if flags & U("MAP_POPULATE"):
         populate(k, mm, start, end, write=bool(vm & VM_WRITE) and not shared)
 
@@ -132,7 +136,8 @@ def sys_mprotect(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
     for vma in mm.vmas.carve(start, end):
         vma.flags = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | vm
         k.change_protection(mm, vma, vma.start, vma.end, tlb)
-    mm.vmas.merge_around(start, end)
+    for v in mm.vmas.merge_around(start, end):
+        k.khugepaged_enter_vma(mm, v)
     k.tlb_finish_mmu(mm, tlb)
 
 
@@ -145,7 +150,8 @@ def sys_brk(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
         lo = max(old_end, base)
         k.do_munmap(mm, lo, new_end)
         mm.vmas.insert(VMA(lo, new_end, VM_READ | VM_WRITE, "heap", "[heap]"))
-        mm.vmas.merge_around(lo, new_end)
+        for v in mm.vmas.merge_around(lo, new_end):
+            k.khugepaged_enter_vma(mm, v)
     elif new_end < old_end:
         k.do_munmap(mm, max(new_end, base), old_end)
     mm.brk = ret
@@ -192,7 +198,7 @@ def sys_madvise(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> int:
             vma.flags = (vma.flags | set_bits) & ~clear_bits
         mm.vmas.merge_around(start, end)
         if advice == U("MADV_HUGEPAGE"):
-            k.khugepaged_enter(mm)
+            k.khugepaged_enter(mm, start, end)
     elif advice in (U("MADV_DONTNEED"), U("MADV_DONTNEED_LOCKED"), U("MADV_REMOVE")):
         # one gather for the call (Linux 6.16+ batches MADV_DONTNEED across VMAs)
         tlb = MmuGather()

@@ -25,12 +25,14 @@ VM_DONTCOPY = 0x00020000
 VM_WIPEONFORK = 0x02000000
 VM_HUGEPAGE = 0x20000000
 VM_NOHUGEPAGE = 0x40000000
+VM_DROPPABLE = 1 << 40      # VM_DROPPABLE_BIT 40 on 64-bit (mmap MAP_DROPPABLE, 6.11+)
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 
 FLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh",
               VM_GROWSDOWN: "gd", VM_DONTCOPY: "dc", VM_WIPEONFORK: "wf",
-              VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh"}
+              VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
+              VM_DROPPABLE: "dp"}
 
 
 def vm_prot(flags: int) -> int:
@@ -170,8 +172,12 @@ class VmaTree:
         vma.start = start
         self._starts[i] = start
 
-    def merge_around(self, start: int, end: int) -> None:
-        """Merge VMAs that touch [start, end] with their neighbours where they can."""
+    def merge_around(self, start: int, end: int) -> list[VMA]:
+        """Merge VMAs that touch [start, end] with their neighbours where they can.
+
+        Returns the VMAs that grew by a merge (the kernel calls khugepaged_enter_vma()
+        on each: vma_merge_new_range(), vma_merge_existing_range())."""
+        merged: list[VMA] = []
         i = max(bisect.bisect_right(self._starts, start) - 2, 0)
         while i + 1 < len(self._vmas) and self._vmas[i].start <= end:
             a, b = self._vmas[i], self._vmas[i + 1]
@@ -180,8 +186,11 @@ class VmaTree:
                 a.anon_vma = a.anon_vma or b.anon_vma
                 del self._vmas[i + 1]
                 del self._starts[i + 1]
+                if a not in merged:
+                    merged.append(a)
             else:
                 i += 1
+        return merged
 
     def clone(self) -> VmaTree:
         t = VmaTree()

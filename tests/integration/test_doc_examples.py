@@ -183,7 +183,7 @@ EXAMPLES: dict[str, Example] = {
     ".venv/bin/emu run --record run.emutrace -- build/guest/x86_64/random":
         Example(_check_record),
     ".venv/bin/emu run --khugepaged fast --thp never --at-mark 2:thp=always -- "
-    "build/guest/arm64/sparse -i 5000":
+    "build/guest/arm64/sparse -L -i 5000":
         Example(_check_khugepaged, [("emu run ", "emu run --json khugepaged.json ")],
                 why="the collapse is checked in the JSON"),
     ".venv/bin/emu run --khugepaged fast --sysfs enabled=never --sysfs khugepaged/max_ptes_none=0"

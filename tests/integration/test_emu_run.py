@@ -270,12 +270,13 @@ def test_madv_collapse_result_reported_and_charged_to_caller(tmp_path, arch):
 @pytest.mark.parametrize("arch", ARCHES)
 def test_at_mark_switches_thp_like_an_admin(tmp_path, arch):
     """sparse populates with THP off; --at-mark 2:thp=always turns it on after that,
-    and khugepaged then collapses every populated PMD (without it: none)."""
+    -L calls MADV_HUGEPAGE, which registers the mm, and khugepaged then collapses
+    every populated PMD (without the switch: none)."""
     binary = guest(arch, "sparse")
     opts = ("--khugepaged", "fast", "--thp", "never", "--ns-per-insn", "20")
-    base, _ = run_json(tmp_path, binary, "-r", "8", opts=opts)
+    base, _ = run_json(tmp_path, binary, "-r", "8", "-L", opts=opts)
     (tmp_path / "r.json").unlink()
-    switched, truth = run_json(tmp_path, binary, "-r", "8",
+    switched, truth = run_json(tmp_path, binary, "-r", "8", "-L",
                                opts=(*opts, "--at-mark", "2:thp=always"))
     assert truth["pmds"] == 8
     assert base["khugepaged"]["collapses_by_size_kb"] == {}

@@ -1,7 +1,8 @@
 """khugepaged on real guests (QEMU, both architectures): the `sparse` workload populates
 2 MiB regions sparsely with THP off, then THP sizes are switched on (as an admin
-writing sysfs at run time) while it keeps reading them; khugepaged collapses them and
-the TLB counters of the reading phase drop."""
+writing sysfs at run time) and the guest calls MADV_HUGEPAGE (-L), which registers it
+with khugepaged, while it keeps reading them; khugepaged collapses them and the TLB
+counters of the reading phase drop."""
 
 import os
 import shutil
@@ -54,9 +55,8 @@ def _run(arch: str, switch: dict | None, algo: str = "v19"):
 
     def on_mark(i):
         snaps[i] = dict(hw.totals())
-        if i == 2 and switch is not None:
-            k.config.enabled = switch.get("enabled", k.config.enabled)
-            k.config.hugepages.update(switch.get("hugepages", {}))
+        if i == 2 and switch is not None:        # an admin writes sysfs
+            k.thp_sysfs_store(enabled=switch.get("enabled"), hugepages=switch.get("hugepages"))
 
     machine.markers = _Marks(on_mark)
     kh = machine.khugepaged
@@ -69,7 +69,9 @@ def _run(arch: str, switch: dict | None, algo: str = "v19"):
             snaps["done"] = dict(hw.totals())
 
     k.bus.subscribe("mm_collapse_huge_page", collapsed)
-    with GuestRun(binary, ["-r", str(NR_PMDS), "-i", "60"], arch=elf.arch) as guest:
+    # -L: MADV_HUGEPAGE right after mark 2, which registers the mm with khugepaged
+    # (khugepaged_enter_vma()); the sysfs store alone registers nothing.
+    with GuestRun(binary, ["-r", str(NR_PMDS), "-i", "60", "-L"], arch=elf.arch) as guest:
         for batch in iter_batches(guest.stream):
             machine.feed(batch)
         machine.finish()
@@ -125,10 +127,10 @@ def test_guest_stalls_on_pmds_a_collapse_holds(arch):
 
     def on_mark(i):
         if i == 2:
-            k.config.enabled = "always"
+            k.thp_sysfs_store(enabled="always")
 
     machine.markers = _Marks(on_mark)
-    with GuestRun(binary, ["-r", str(NR_PMDS), "-i", "60"], arch=elf.arch) as guest:
+    with GuestRun(binary, ["-r", str(NR_PMDS), "-i", "60", "-L"], arch=elf.arch) as guest:
         for batch in iter_batches(guest.stream):
             machine.feed(batch)
         machine.finish()

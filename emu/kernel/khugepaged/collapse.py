@@ -39,7 +39,7 @@ from emu.kernel.khugepaged.pte_info import (
     read_ptes,
 )
 from emu.kernel.khugepaged.results import ScanResult
-from emu.kernel.vma import VM_WRITE, VMA, vm_prot
+from emu.kernel.vma import VM_DROPPABLE, VM_WRITE, VMA, vm_prot
 
 S = ScanResult
 PMD_MASK = ~(PMD_SIZE - 1)
@@ -68,9 +68,10 @@ class CollapseControl:
         default_factory=lambda: np.zeros(PMD_NR, dtype=np.bool_))
     # v5: one bit per KHUGEPAGED_MIN_MTHP_ORDER chunk of 4 PTEs (128 bits).
     mthp_bitmap: np.ndarray = field(default_factory=lambda: np.zeros(128, dtype=np.bool_))
-    # Lance Yang's post-v19 fix (UNCONFIRMED whether merged): count accepted swap PTEs
-    # as occupied in the PMD-order pre-check.  Off = v19 as posted.
-    pmd_precheck_counts_swap: bool = False
+    # "mm/khugepaged: fix PMD collapse swap PTE accounting" (linux-next, after v19; from
+    # Lance Yang's review of v19 11/14): the PMD-order pre-check of mthp_collapse()
+    # counts the swap PTEs the scan accepted as occupied.  False = v19 as posted.
+    pmd_precheck_counts_swap: bool = True
     # Stand-in for reclaim's LRU aging: if set, the isolate step test-and-clears the
     # PTE young bits it counted, so a page untouched since the last visit counts as
     # not referenced next time.  The kernel's scan itself only tests (docs/khugepaged.md).
@@ -220,6 +221,7 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
     max_none = collapse_max_ptes_none(cc, vma, order)
     max_shared = collapse_max_ptes_shared(cc, order)
     none_or_zero = shared = referenced = 0
+    writable = False
     isolated: list[int] = []
     result = S.SCAN_SUCCEED
     for i in range(first, first + (1 << order)):
@@ -242,6 +244,14 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
         folio = int(p["folio"])
         if folio < 0:
             result = S.SCAN_PAGE_NULL
+            break
+        if (cc.is_khugepaged and not vma.flags & VM_DROPPABLE and p["lazyfree"]
+                and not p["dirty"]):
+            result = S.SCAN_PAGE_LAZYFREE           # mm tree: khugepaged only
+            break
+        # v5 08/12 tests the folio order before the shared count; v19 07/14 after it.
+        if cc.algo == "v5" and order != PMD_ORDER and int(p["folio_order"]) >= order:
+            result = S.SCAN_PTE_MAPPED_HUGEPAGE
             break
         if p["shared"]:
             shared += 1
@@ -267,7 +277,10 @@ def collapse_huge_page_isolate(k: Any, mm: Any, vma: VMA, start_addr: int,
             cc.step(cc.costs.isolate_folio_ns)
         if cc.is_khugepaged and (p["young"] or p["referenced"]):
             referenced += 1
-    if result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
+        writable |= bool(p["write"])
+    if result is S.SCAN_SUCCEED and cc.algo == "v5" and not writable:
+        result = S.SCAN_PAGE_RO                  # v5's 2025 base still had the check
+    elif result is S.SCAN_SUCCEED and cc.is_khugepaged and not referenced:
         result = S.SCAN_LACK_REFERENCED_PAGE
     if result is S.SCAN_SUCCEED and cc.fail_at == "isolate":
         result = S.SCAN_DEL_PAGE_LRU                      # injected: isolation fails

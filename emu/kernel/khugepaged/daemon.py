@@ -61,35 +61,47 @@ class Khugepaged:
         self.busy_ns = 0                       # time spent running passes
         self.now_ns = 0                        # the simulated time the machine last gave
         self.mms_registered = 0                # __khugepaged_enter() calls that added an mm
-        self._next_sweep_ns = 0
         self._pass: Steps | None = None        # the pass in progress, as steps
         self._pass_start = 0
         self._resume_ns = 0                    # when the pass's next step begins
+        # khugepaged_thread exists: started at boot (hugepage_init) and by sysfs stores
+        # (start_stop_khugepaged) when some THP size is enabled.
+        self.running = hugepage_enabled(kernel.config)
 
     # ------------------------------------------------------------ registration
-    def khugepaged_enter_vma(self, mm: Any, vma: VMA, now_ns: int = 0) -> bool:
-        """Register mm if this VMA could ever be collapsed (mmap, brk, MADV_HUGEPAGE, fault)."""
+    def khugepaged_enter_vma(self, mm: Any, vma: VMA, now_ns: int | None = None) -> bool:
+        """khugepaged_enter_vma(): register mm if this VMA could be collapsed now.
+
+        The kernel calls it from hugepage_madvise() (MADV_HUGEPAGE), a VMA merge or
+        expansion (mmap, brk, mprotect), a PMD-order anonymous fault and, for a new
+        mapping, __mmap_new_vma(); it needs hugepage_enabled() and collapse_possible(),
+        which needs an anon_vma (thp_vma_allowable_orders()), so a VMA never written
+        registers nothing.  An mm already registered (MMF_VM_HUGEPAGE) returns at once.
+        """
+        if mm in self.mm_slots or mm.exited:
+            return False
         if not hugepage_enabled(self.k.config):
             return False
         if not collapse_possible(self.k, mm, vma, TVA_KHUGEPAGED):
             return False
-        return self._enter(mm, now_ns)
+        return self._enter(mm, self.now_ns if now_ns is None else now_ns)
 
     def enter(self, mm: Any, now_ns: int | None = None) -> None:
         """khugepaged_enter_vma() for every VMA of mm, until one registers it."""
-        t = self.now_ns if now_ns is None else now_ns
         for v in mm.vmas:
-            if self.khugepaged_enter_vma(mm, v, t):
+            if self.khugepaged_enter_vma(mm, v, now_ns):
                 break
 
     def _enter(self, mm: Any, now_ns: int) -> bool:
-        """__khugepaged_enter(): add at the tail, wake the thread if the list was empty."""
+        """__khugepaged_enter(): add at the tail; wake a running thread that waited for
+        work (the list was empty)."""
         if mm in self.mm_slots:
             return False
         wakeup = not self.mm_slots
         self.mm_slots.append(mm)
         self.mms_registered += 1
-        if wakeup and (self.next_wake_ns is None or self.next_wake_ns > now_ns):
+        if wakeup and self.running and (self.next_wake_ns is None
+                                        or self.next_wake_ns > now_ns):
             self.next_wake_ns = now_ns
         return True
 
@@ -106,17 +118,25 @@ class Khugepaged:
             self._advance_cursor(mm)
         self.mm_slots.remove(mm)
 
-    def start_stop(self, now_ns: int = 0) -> None:
-        """start_stop_khugepaged(): after a THP sysfs change, wake a sleeping thread that
-        has work again (it stops by itself when hugepage_enabled() is false)."""
-        if (self.next_wake_ns is None and self.mm_slots
-                and hugepage_enabled(self.k.config)):
-            self.next_wake_ns = now_ns
+    def start_stop(self, now_ns: int | None = None) -> None:
+        """start_stop_khugepaged(), after a THP sysfs store: start the thread if some
+        size is enabled (a new thread scans at once when it has mms), stop it if none
+        is.  A running thread in its timed sleep keeps sleeping (the wake-up does not
+        end it: khugepaged_should_wakeup() waits for the sleep to expire)."""
+        t = self.now_ns if now_ns is None else now_ns
+        if hugepage_enabled(self.k.config):
+            if not self.running:
+                self.running = True
+                self.next_wake_ns = t if self.mm_slots else None
+        else:
+            self.running = False
+            self.next_wake_ns = None
 
     def set_knob(self, name: str, value: int, now_ns: int = 0) -> None:
         """Write a sysfs knob; writing the sleep times wakes the thread, as in the kernel."""
         self.knobs.set(name, value)
-        if name in ("scan_sleep_millisecs", "alloc_sleep_millisecs") and self.mm_slots:
+        if (name in ("scan_sleep_millisecs", "alloc_sleep_millisecs") and self.mm_slots
+                and self.running):
             self.next_wake_ns = now_ns
 
     # ------------------------------------------------------------ the thread
@@ -128,7 +148,8 @@ class Khugepaged:
             if self._pass is None:
                 if self.next_wake_ns is None or self.next_wake_ns > now_ns:
                     break
-                if not hugepage_enabled(self.k.config) or not self.mm_slots:
+                if not self.running or not hugepage_enabled(self.k.config) \
+                        or not self.mm_slots:
                     self.next_wake_ns = None
                     break
                 self._pass_start = self._resume_ns = self.next_wake_ns
@@ -290,25 +311,10 @@ class Khugepaged:
         return progress, result
 
     # ------------------------------------------------------------ the machine's clock
-    def sweep(self, now_ns: int) -> None:
-        """Register every live mm that has a VMA khugepaged could collapse.
-
-        Stands in for the khugepaged_enter_vma() calls at brk and fault time, which
-        the kernel model does not make (mmap and MADV_HUGEPAGE do call it); the
-        resulting mm list is the same, its order is the order of the sweep.
-        """
-        for mm in list(self.k.mms.values()):
-            if not mm.exited and mm not in self.mm_slots:
-                self.enter(mm, now_ns)
-        self.start_stop(now_ns)
-
     def run(self, now_ns: float) -> int:
         """Run the thread up to now_ns on its own CPU (its flushes come from no vCPU)."""
         now_ns = int(now_ns)
         self.now_ns = now_ns
-        if now_ns >= self._next_sweep_ns:
-            self.sweep(now_ns)
-            self._next_sweep_ns = now_ns + max(1, self.knobs.scan_sleep_millisecs) * NS_PER_MS
         nxt = self.next_step_ns
         if nxt is None or nxt > now_ns:
             return 0
@@ -329,16 +335,11 @@ class Khugepaged:
         if self.next_wake_ns is not None:
             return (f"no time: the run ended at {end_ns / 1e6:.3f} ms of simulated time, before"
                     f" the first wake at {self.next_wake_ns / 1e6:.3f} ms")
-        interval = max(1, self.knobs.scan_sleep_millisecs) * NS_PER_MS
-        if not self.mms_registered and end_ns < interval:    # one check only, at the start
-            return (f"no time: nothing was registered at emu's last check (it checks every"
-                    " scan_sleep_millisecs, standing in for the kernel's registration at fault"
-                    f" time); the run ended at {end_ns / 1e6:.3f} ms, before the next check at"
-                    f" {self._next_sweep_ns / 1e6:.3f} ms")
         if not self.mms_registered:
-            return ("nothing registered: no mm had a VMA khugepaged could collapse"
-                    " (THP-eligible, with a whole aligned PMD range) at any of emu's checks,"
-                    f" every {interval / 1e6:g} ms")
+            return ("nothing registered: khugepaged_enter_vma() never added an mm (it runs at"
+                    " MADV_HUGEPAGE, at VMA merges, at a PMD-order fault and at fork, for a"
+                    " VMA with an anon_vma that some enabled size allows; a THP setting"
+                    " changed alone registers nothing)")
         return "its mms exited before it woke"
 
     def stats(self) -> dict:

@@ -77,7 +77,8 @@ def madvise_collapse(k: Any, mm: Any, start: int, length: int,
     kh = k.khugepaged
     cc = CollapseControl(is_khugepaged=False, knobs=kh.knobs, bus=k.bus, costs=kh.costs,
                          algo=kh.cc.algo, now_ns=now_ns, strategy=kh.cc.strategy,
-                         fail_at=kh.cc.fail_at)
+                         fail_at=kh.cc.fail_at,
+                         pmd_precheck_counts_swap=kh.cc.pmd_precheck_counts_swap)
     rec = MadviseCollapseRecord(mm, start, length, t_start_ns=now_ns)
     end = start + length
     pos = start

@@ -5,7 +5,8 @@ One table: each code carries the string its tracepoints print
 into (madvise_collapse_errno()), whether the v19 order walk tries the next lower
 order after it (12/14: ``mthp_collapse``) and whether madvise_collapse() goes on to
 the next PMD after it.  Names follow mm/khugepaged.c of the v19 era
-(kernel-mthp.md §5.3): SCAN_PAGE_RO is gone, SCAN_NO_PTE_TABLE replaces
+(kernel-mthp.md §5.3): SCAN_PAGE_RO is gone from them (only the v5 walk, on its
+2025 base, still gives it), SCAN_NO_PTE_TABLE replaces
 SCAN_PMD_NULL/SCAN_PMD_NONE.  The last three status strings are not in the
 torvalds snapshot read (UNCONFIRMED, §5.3).  Values are our own order; the
 kernel's shift between releases, so nothing should key on them.
@@ -34,6 +35,7 @@ class ScanResult(Enum):
     SCAN_PTE_MAPPED_HUGEPAGE = ("pte_mapped_hugepage", _E, False, False)
     SCAN_LACK_REFERENCED_PAGE = ("lack_referenced_page", _E, True, True)
     SCAN_PAGE_NULL = ("page_null", _E, True, True)
+    SCAN_PAGE_RO = ("page_ro", _E, False, True)            # v5 only (no writable PTE)
     SCAN_SCAN_ABORT = ("scan_aborted", _E, False, False)
     SCAN_PAGE_COUNT = ("not_suitable_page_count", _A, True, True)
     SCAN_PAGE_LRU = ("page_not_in_lru", _A, False, True)

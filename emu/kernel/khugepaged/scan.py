@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from emu.arch import PAGE_SIZE, PMD_NR, PMD_ORDER
-from emu.kernel.huge_memory import BIT, TVA_FORCED_COLLAPSE, TVA_KHUGEPAGED
+from emu.kernel.huge_memory import (
+    BIT,
+    THP_ORDERS_ALL_ANON,
+    TVA_FORCED_COLLAPSE,
+    TVA_KHUGEPAGED,
+    thp_vma_allowable_orders,
+)
 from emu.kernel.khugepaged.collapse import (
     KHUGEPAGED_MIN_MTHP_ORDER,
     CollapseControl,
@@ -38,7 +44,7 @@ from emu.kernel.khugepaged.pte_info import (
     read_ptes,
 )
 from emu.kernel.khugepaged.results import ScanResult
-from emu.kernel.vma import VMA
+from emu.kernel.vma import VM_DROPPABLE, VMA
 
 # collapse_huge_page()'s signature, so the order walks can be driven with another
 # (tests give them a recorder of the candidates they choose); a generator of steps.
@@ -48,11 +54,15 @@ S = ScanResult
 
 
 def scan_ptes(ptes: np.ndarray, max_none: int, max_swap: int, max_shared: int,
-              is_khugepaged: bool) -> tuple[ScanResult, int, dict]:
+              is_khugepaged: bool, droppable: bool = False) -> tuple[ScanResult, int, dict]:
     """The per-PTE loop of collapse_scan_pmd(), vectorised.
 
-    Returns (result, PTEs examined, counts).  Every PTE before the first failing one
-    passed every check, so running counts with cumsum reproduce the loop exactly.
+    The checks and their order are the mm tree's (mm/khugepaged.c collapse_scan_pmd()
+    with the v19 series, mid-2026): every non-present entry, swap or not, counts as
+    unmapped against max_swap (a migration entry fails only later, in isolate); a
+    lazy-free folio whose PTE is clean stops khugepaged (not MADV_COLLAPSE) unless the
+    VMA is VM_DROPPABLE.  Returns (result, PTEs examined, counts).  Every PTE before
+    the first failing one passed every check, so cumsum reproduces the loop exactly.
     """
     kind = ptes["kind"]
     none_or_zero = (kind == PTE_NONE) | (kind == PTE_ZERO)
@@ -61,19 +71,20 @@ def scan_ptes(ptes: np.ndarray, max_none: int, max_swap: int, max_shared: int,
     present = kind == PTE_PRESENT
     has_folio = present & (ptes["folio"] >= 0)
     anon = has_folio & ptes["anon"]
-    shared = anon & ptes["shared"] & ~ptes["uffd_wp"]
+    shared = anon & ptes["shared"]
+    skip_lazyfree = is_khugepaged and not droppable
+    lazyfree = has_folio & ptes["lazyfree"] & ~ptes["dirty"] & skip_lazyfree
     # The per-PTE checks, in the order collapse_scan_pmd() makes them.
     checks = [
         (none_or_zero & (np.cumsum(none_or_zero) > max_none), S.SCAN_EXCEED_NONE_PTE),
-        (kind == PTE_NONPRESENT, S.SCAN_PTE_NON_PRESENT),
-        (swap & is_khugepaged & (np.cumsum(unmapped) > max_swap), S.SCAN_EXCEED_SWAP_PTE),
-        ((swap | present) & ptes["uffd_wp"], S.SCAN_PTE_UFFD_WP),
+        (unmapped & (np.cumsum(unmapped) > max_swap), S.SCAN_EXCEED_SWAP_PTE),
+        ((unmapped | present) & ptes["uffd_wp"], S.SCAN_PTE_UFFD_WP),
         (present & ~has_folio, S.SCAN_PAGE_NULL),
+        (lazyfree, S.SCAN_PAGE_LAZYFREE),
         (has_folio & ~ptes["anon"], S.SCAN_PAGE_ANON),
-        (shared & is_khugepaged & (np.cumsum(shared) > max_shared), S.SCAN_EXCEED_SHARED_PTE),
+        (shared & (np.cumsum(shared) > max_shared), S.SCAN_EXCEED_SHARED_PTE),
         (present & ~ptes["lru"], S.SCAN_PAGE_LRU),
         (present & ptes["locked"], S.SCAN_PAGE_LOCK),
-        (present & ptes["lazyfree"], S.SCAN_PAGE_LAZYFREE),
         (present & ~ptes["refcount_ok"], S.SCAN_PAGE_COUNT),
     ]
     code = np.select([c for c, _ in checks], np.arange(1, len(checks) + 1), 0)
@@ -110,14 +121,24 @@ def collapse_scan_pmd(k: Any, mm: Any, vma: VMA, start_addr: int,
         return result
     cc.mthp_present_ptes[:] = False
     tva = TVA_KHUGEPAGED if cc.is_khugepaged else TVA_FORCED_COLLAPSE
-    enabled_orders = collapse_possible_orders(k, mm, vma, tva)
     max_none = collapse_max_ptes_none(cc, vma, PMD_ORDER)
-    if enabled_orders != BIT(PMD_ORDER):
-        max_none = KHUGEPAGED_MAX_PTES_LIMIT
+    if cc.algo == "v5":
+        # v5 07/12: every anon order thp_vma_allowable_orders() allows, for MADV_COLLAPSE
+        # too (no TVA_ENFORCE_SYSFS there: every size); unless the PMD order is the only
+        # one, the scan applies no none limit at all (only userfaultfd's).
+        enabled_orders = thp_vma_allowable_orders(vma, tva, THP_ORDERS_ALL_ANON, k.config,
+                                                  mm.thp_disabled)
+        if enabled_orders != BIT(PMD_ORDER):
+            max_none = 0 if vma.uffd_armed else PMD_NR
+    else:
+        enabled_orders = collapse_possible_orders(k, mm, vma, tva)
+        if enabled_orders != BIT(PMD_ORDER):
+            max_none = KHUGEPAGED_MAX_PTES_LIMIT
     ptes = read_ptes(k, mm, start_addr)
     result, examined, counts = scan_ptes(
         ptes, max_none, collapse_max_ptes_swap(cc, PMD_ORDER),
-        collapse_max_ptes_shared(cc, PMD_ORDER), cc.is_khugepaged)
+        collapse_max_ptes_shared(cc, PMD_ORDER), cc.is_khugepaged,
+        bool(vma.flags & VM_DROPPABLE))
     cc.progress += examined
     cc.step(cc.costs.scan_pte_ns * examined)
     if result is S.SCAN_EXCEED_NONE_PTE:
@@ -130,7 +151,10 @@ def collapse_scan_pmd(k: Any, mm: Any, vma: VMA, start_addr: int,
         k.stats.count_vm_event("thp_scan_exceed_share_pte")
         k.stats.count_mthp_stat(PMD_ORDER, "collapse_exceed_shared_pte")
     referenced, unmapped = counts["referenced"], counts["unmapped"]
-    if result is S.SCAN_SUCCEED and cc.is_khugepaged and (
+    if (result is S.SCAN_SUCCEED and cc.algo == "v5"
+            and not ((ptes["kind"] == PTE_PRESENT) & ptes["write"]).any()):
+        result = S.SCAN_PAGE_RO                  # v5's 2025 base still had the check
+    elif result is S.SCAN_SUCCEED and cc.is_khugepaged and (
             referenced == 0 or (unmapped and referenced < PMD_NR // 2)):
         result = S.SCAN_LACK_REFERENCED_PAGE
     scan_status = result.status
@@ -139,6 +163,9 @@ def collapse_scan_pmd(k: Any, mm: Any, vma: VMA, start_addr: int,
         cc.mthp_present_ptes[:] = ptes["kind"] == PTE_PRESENT
         before = mapping_census(ptes)
         if cc.algo == "v5":
+            cc.mthp_bitmap[:] = v5_chunk_bitmap(
+                (ptes["kind"] == PTE_NONE) | (ptes["kind"] == PTE_ZERO),
+                cc.knobs.max_ptes_none)
             result = yield from mthp_collapse_v5(k, mm, start_addr, referenced, unmapped,
                                                  cc, enabled_orders)
         else:
@@ -227,29 +254,46 @@ V5_CHUNK = 1 << KHUGEPAGED_MIN_MTHP_ORDER       # 4 PTEs per bitmap bit
 V5_BITS = PMD_NR // V5_CHUNK               # 128
 
 
-def v5_chunk_bitmap(present: np.ndarray, max_ptes_none: int) -> np.ndarray:
-    """One bit per 4-PTE chunk that is "utilized".
+def v5_chunk_bitmap(none: np.ndarray, max_ptes_none: int) -> np.ndarray:
+    """The chunk bitmap as v5 07/12 khugepaged_scan_pmd() fills it.
 
-    UNCONFIRMED rule (kernel-mthp.md §1.1): a chunk counts when its none PTEs are
-    within max_ptes_none scaled to order 2 (``max_ptes_none >> 7``): any present
-    page at 511, two of four at 256..383, all four at 0.
+    At the top of every 4-PTE chunk the loop tests the none/zero count of the chunk
+    before it against ``khugepaged_max_ptes_none >> 7`` and sets the bit of the chunk
+    it is entering, then resets the count: bit 0 is always set, bit k (k >= 1) says
+    chunk k-1 had few enough none PTEs, and the last chunk's count is never tested.
+    Swap PTEs do not count as none (the loop's swap branch comes first).
     """
-    occ = present.reshape(V5_BITS, V5_CHUNK).sum(axis=1)
-    return occ >= V5_CHUNK - (max_ptes_none >> (PMD_ORDER - KHUGEPAGED_MIN_MTHP_ORDER))
+    scaled_none = max_ptes_none >> (PMD_ORDER - KHUGEPAGED_MIN_MTHP_ORDER)
+    counts = none.reshape(V5_BITS, V5_CHUNK).sum(axis=1)
+    bits = np.ones(V5_BITS, dtype=np.bool_)
+    bits[1:] = counts[:-1] <= scaled_none
+    return bits
+
+
+# v5 09/12 "avoid unnecessary mTHP collapse attempts": after these results the walk
+# goes on to the halves; after any other failure it stops (break).
+V5_TRY_LOWER = frozenset({
+    S.SCAN_EXCEED_NONE_PTE, S.SCAN_EXCEED_SWAP_PTE, S.SCAN_EXCEED_SHARED_PTE,
+    S.SCAN_PTE_NON_PRESENT, S.SCAN_PTE_UFFD_WP, S.SCAN_ALLOC_HUGE_PAGE_FAIL,
+    S.SCAN_CGROUP_CHARGE_FAIL, S.SCAN_COPY_MC, S.SCAN_PAGE_LOCK, S.SCAN_PAGE_COUNT})
 
 
 def mthp_collapse_v5(k: Any, mm: Any, pmd_addr: int, referenced: int,
                      unmapped: int, cc: CollapseControl, enabled_orders: int,
                      collapse: CollapseFn = collapse_huge_page) -> Steps:
-    """v5 07/12 khugepaged_scan_bitmap(): depth-first over the chunk bitmap."""
-    m = cc.knobs.max_ptes_none if cc.is_khugepaged else KHUGEPAGED_MAX_PTES_LIMIT
-    bitmap = v5_chunk_bitmap(cc.mthp_present_ptes, m)
-    cc.mthp_bitmap[:] = bitmap
+    """v5 06/12 khugepaged_scan_bitmap() with 09/12: depth-first over cc.mthp_bitmap.
+
+    The threshold uses the sysfs max_ptes_none for every caller; a success skips the
+    range's halves; the walk returns how much it collapsed, which 07/12 turns into
+    SCAN_SUCCEED or SCAN_FAIL, so an allocation failure never reaches khugepaged's
+    alloc_sleep back-off.
+    """
+    m = cc.knobs.max_ptes_none
+    bitmap = cc.mthp_bitmap
     is_pmd_only = enabled_orders == BIT(PMD_ORDER)
-    always = k.config.orders_with("always") if cc.is_khugepaged else 0
+    always = k.config.orders_with("always")
     stack = [(PMD_ORDER - KHUGEPAGED_MIN_MTHP_ORDER, 0)]
     collapsed = 0
-    last = S.SCAN_FAIL
     while stack:
         chunk_order, chunk_off = stack.pop()
         order = chunk_order + KHUGEPAGED_MIN_MTHP_ORDER
@@ -260,14 +304,15 @@ def mthp_collapse_v5(k: Any, mm: Any, pmd_addr: int, referenced: int,
             if bits_set > threshold or is_pmd_only or always & BIT(order):
                 r = yield from collapse(k, mm, pmd_addr + chunk_off * V5_CHUNK * PAGE_SIZE,
                                         referenced, unmapped, cc, order)
-                last = r
                 if r is S.SCAN_SUCCEED:
                     collapsed += 1 << order
                     continue
+                if r not in V5_TRY_LOWER:
+                    break
         if chunk_order > 0:
             stack.append((chunk_order - 1, chunk_off + num_chunks // 2))
             stack.append((chunk_order - 1, chunk_off))
-    return S.SCAN_SUCCEED if collapsed else last
+    return S.SCAN_SUCCEED if collapsed else S.SCAN_FAIL
 
 
 def ptep_test_and_clear_young(k: Any, mm: Any, addr: int) -> bool:

@@ -116,10 +116,12 @@ class Scenario:
 
     # ------------------------------------------------------------ syscalls
     def mmap(self, p: Proc, start: int, length: int, now_ns: int = 0) -> int:
-        """An anonymous private MAP_FIXED mapping; registers with khugepaged as mmap does."""
+        """An anonymous private MAP_FIXED mapping.  The kernel's khugepaged_enter_vma()
+        at mmap registers nothing for a new VMA (it has no anon_vma yet); only a merge
+        into a written neighbour can."""
+        self.khugepaged.now_ns = now_ns
         self.kernel.syscall(p.pid, p.cpu, "mmap",
                             (start, length, PROT_RW, MAP_FIXED_ANON, (1 << 64) - 1, 0), start)
-        self.khugepaged.enter(self.mm(p), now_ns)
         return start
 
     def madvise(self, p: Proc, start: int, length: int, advice: str, now_ns: int = 0) -> int:

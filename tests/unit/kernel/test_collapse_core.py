@@ -49,8 +49,9 @@ def _cc(khugepaged=True, **knobs):
                            costs=CollapseCosts.load())
 
 
-def _vma(start, end, flags=RW, **kw):
-    return VMA(start, end, flags, **kw)
+def _vma(start, end, flags=RW, anon_vma=True, **kw):
+    """A VMA that has been written (it has an anon_vma)."""
+    return VMA(start, end, flags, anon_vma=anon_vma, **kw)
 
 
 def test_every_result_has_a_distinct_status_string_and_an_errno():
@@ -114,8 +115,9 @@ def test_hugepage_enabled_counts_mthp_only_configs():
 
 # ------------------------------------------------------------ the scan loop
 
-def _reference_scan(ptes, max_none, max_swap, max_shared, khugepaged):
-    """The kernel's per-PTE loop, written as a plain loop, to check the vectorised one."""
+def _reference_scan(ptes, max_none, max_swap, max_shared, khugepaged, droppable):
+    """mm/khugepaged.c collapse_scan_pmd()'s per-PTE loop as the mm tree has it (v19,
+    mid-2026), written as a plain loop, to check the vectorised one."""
     none = unmapped = shared = 0
     rows = [dict(zip(ptes.dtype.names, r, strict=True)) for r in ptes.tolist()]
     for i, p in enumerate(rows):
@@ -125,11 +127,9 @@ def _reference_scan(ptes, max_none, max_swap, max_shared, khugepaged):
             if none > max_none:
                 return S.SCAN_EXCEED_NONE_PTE, i + 1
             continue
-        if k == PTE_NONPRESENT:
-            return S.SCAN_PTE_NON_PRESENT, i + 1
-        if k == PTE_SWAP:
+        if k in (PTE_SWAP, PTE_NONPRESENT):          # !pte_present(): swap or not
             unmapped += 1
-            if khugepaged and unmapped > max_swap:
+            if unmapped > max_swap:
                 return S.SCAN_EXCEED_SWAP_PTE, i + 1
             if p["uffd_wp"]:
                 return S.SCAN_PTE_UFFD_WP, i + 1
@@ -138,18 +138,18 @@ def _reference_scan(ptes, max_none, max_swap, max_shared, khugepaged):
             return S.SCAN_PTE_UFFD_WP, i + 1
         if p["folio"] < 0:
             return S.SCAN_PAGE_NULL, i + 1
+        if khugepaged and not droppable and p["lazyfree"] and not p["dirty"]:
+            return S.SCAN_PAGE_LAZYFREE, i + 1
         if not p["anon"]:
             return S.SCAN_PAGE_ANON, i + 1
         if p["shared"]:
             shared += 1
-            if khugepaged and shared > max_shared:
+            if shared > max_shared:
                 return S.SCAN_EXCEED_SHARED_PTE, i + 1
         if not p["lru"]:
             return S.SCAN_PAGE_LRU, i + 1
         if p["locked"]:
             return S.SCAN_PAGE_LOCK, i + 1
-        if p["lazyfree"]:
-            return S.SCAN_PAGE_LAZYFREE, i + 1
         if not p["refcount_ok"]:
             return S.SCAN_PAGE_COUNT, i + 1
     return S.SCAN_SUCCEED, HPAGE_PMD_NR
@@ -157,10 +157,12 @@ def _reference_scan(ptes, max_none, max_swap, max_shared, khugepaged):
 
 @settings(max_examples=200, deadline=None)
 @given(seed=hs.integers(0, 2**32 - 1), p_none=hs.floats(0, 0.9), p_swap=hs.floats(0, 0.2),
-       nr_rare=hs.integers(0, 3), shared_every=hs.integers(1, 9), max_none=hs.integers(0, 511),
-       max_swap=hs.integers(0, 80), max_shared=hs.integers(0, 300), khugepaged=hs.booleans())
+       nr_rare=hs.integers(0, 4), shared_every=hs.integers(1, 9), max_none=hs.integers(0, 511),
+       max_swap=hs.integers(0, 80), max_shared=hs.integers(0, 300), khugepaged=hs.booleans(),
+       droppable=hs.booleans())
 def test_scan_ptes_matches_the_plain_loop(seed, p_none, p_swap, nr_rare, shared_every,
-                                          max_none, max_swap, max_shared, khugepaged):
+                                          max_none, max_swap, max_shared, khugepaged,
+                                          droppable):
     rng = np.random.default_rng(seed)
     u = rng.random(HPAGE_PMD_NR)
     kinds = np.where(u < p_none, rng.choice([PTE_NONE, PTE_ZERO], HPAGE_PMD_NR),
@@ -172,6 +174,7 @@ def test_scan_ptes_matches_the_plain_loop(seed, p_none, p_swap, nr_rare, shared_
     ptes["anon"] = present
     ptes["lru"] = True
     ptes["refcount_ok"] = True
+    ptes["dirty"] = present & (rng.random(HPAGE_PMD_NR) < 0.5)
     ptes["shared"] = present & (np.arange(HPAGE_PMD_NR) % shared_every == 0)
     rare = ["uffd_wp", "locked", "lazyfree", "nolru", "pin", "file", "null", "nonpresent"]
     for _ in range(nr_rare):
@@ -188,9 +191,9 @@ def test_scan_ptes_matches_the_plain_loop(seed, p_none, p_swap, nr_rare, shared_
             ptes["kind"][i] = PTE_NONPRESENT
         else:
             ptes[what][i] = True
-    got, examined, _ = scan_ptes(ptes, max_none, max_swap, max_shared, khugepaged)
+    got, examined, _ = scan_ptes(ptes, max_none, max_swap, max_shared, khugepaged, droppable)
     assert (got, examined) == _reference_scan(ptes, max_none, max_swap, max_shared,
-                                              khugepaged)
+                                              khugepaged, droppable)
 
 
 # ------------------------------------------------------------ the order walk

@@ -77,7 +77,7 @@ def test_madvise_collapse_installs_a_huge_pmd(arch):
 def test_khugepaged_mthp_64k_on_real_tables(arch):
     k, c, mm = _machine(arch)
     _fault(k, mm, B, 512)
-    k.config.hugepages[64] = "always"
+    k.thp_sysfs_store(hugepages={64: "always"})
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     k.khugepaged.finish_pass()        # nothing else runs: the whole pass
@@ -101,8 +101,8 @@ def test_rollback_restores_every_descriptor():
         assert k.handle_mm_fault(2, 0, B + i * PAGE, 1, None)
     table = k.pt.pte_table(child, B)
     before = k.physmem.pgtables.table(table).copy()
-    k.config.hugepages[64] = "always"
-    k.config.hugepages[2048] = "never"
+    k.thp_sysfs_store(hugepages={64: "always"})
+    k.thp_sysfs_store(hugepages={2048: "never"})
     k.khugepaged.enter(child, 0)
     k.khugepaged.run(0)
     k.khugepaged.finish_pass()        # nothing else runs: the whole pass
@@ -119,7 +119,7 @@ def test_pageout_and_swapin_during_pmd_collapse():
     assert k.madvise_pageout(mm, B, B + 10 * PAGE) == 10
     assert mm.counters["MM_SWAPENTS"] == 10
     assert k.arch.is_swap(k.pt.get_pte(mm, B))
-    k.config.enabled = "always"
+    k.thp_sysfs_store(enabled="always")
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     k.khugepaged.finish_pass()        # nothing else runs: the whole pass
@@ -133,7 +133,7 @@ def test_mthp_collapse_leaves_swap_ranges_alone():
     k, c, mm = _machine()
     _fault(k, mm, B, 512)
     k.madvise_pageout(mm, B + 5 * PAGE, B + 6 * PAGE)
-    k.config.hugepages[64] = "always"
+    k.thp_sysfs_store(hugepages={64: "always"})
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     k.khugepaged.finish_pass()        # nothing else runs: the whole pass
@@ -175,7 +175,7 @@ def test_madvise_collapse_einval_and_vma_nohugepage():
 def test_report_has_mapping_sizes_before_and_after():
     k, c, mm = _machine("arm64")
     _fault(k, mm, B, 512)
-    k.config.hugepages[64] = "always"
+    k.thp_sysfs_store(hugepages={64: "always"})
     k.khugepaged.enter(mm, 0)
     k.khugepaged.run(0)
     k.khugepaged.finish_pass()        # nothing else runs: the whole pass

@@ -72,11 +72,16 @@ def test_wakes_every_scan_sleep_millisecs(arch):
 
 
 def test_asleep_without_mms_and_woken_by_registration(arch):
+    """mm/khugepaged.c __khugepaged_enter(): the first mm wakes the waiting thread; the
+    mmap itself registers nothing (no anon_vma), the first PMD-order fault does
+    (mm/huge_memory.c do_huge_pmd_anonymous_page() -> khugepaged_enter_vma())."""
     sim = _sim(arch)
     kh = sim.khugepaged
     assert sim.tick(10**12) == 0 and kh.next_wake_ns is None
     p = sim.new_proc()
-    sim.mmap(p, B, HPAGE_PMD_SIZE, now_ns=5 * 10**9)     # thp=always: registers
+    sim.mmap(p, B, HPAGE_PMD_SIZE, now_ns=5 * 10**9)
+    assert kh.mm_slots == [] and kh.next_wake_ns is None
+    sim.write(p, B)                                       # thp=always: a PMD fault
     assert kh.mm_slots == [sim.mm(p)] and kh.next_wake_ns == 5 * 10**9
 
 
@@ -96,10 +101,12 @@ def test_progress_counts_ptes_and_pages_to_scan_bounds_a_pass(arch):
 def test_no_pte_table_counts_one(arch):
     sim = _sim(arch, pages_to_scan=HPAGE_PMD_NR)
     p = sim.new_proc()
-    sim.mmap(p, B, 64 * HPAGE_PMD_SIZE)
+    sim.mmap(p, B, 65 * HPAGE_PMD_SIZE)
+    sim.write(p, B + 64 * HPAGE_PMD_SIZE)              # a PMD THP; registers the mm
     sim.tick(0)
-    # 64 empty PMDs cost 64 units of progress: the whole mm in one pass.
+    # 64 empty PMDs cost 64 units of progress (the THP one more): the whole mm in one pass.
     assert sim.khugepaged.results[ScanResult.SCAN_NO_PTE_TABLE] == 64
+    assert sim.khugepaged.results[ScanResult.SCAN_PMD_MAPPED] == 1
     assert sim.khugepaged.full_scans == 1
 
 
@@ -133,26 +140,48 @@ def test_alloc_failure_sleeps_once_then_ends_the_pass(arch):
     assert kh.next_wake_ns >= (60000 + 10000) * NS_PER_MS
 
 
-@pytest.mark.parametrize("enabled,sizes,advice,registered", [
-    ("never", {}, None, False),
-    ("madvise", {}, None, False),
-    ("madvise", {}, "MADV_HUGEPAGE", True),
-    ("never", {4: "always", 9: "never"}, None, True),        # mTHP-only config
-    ("always", {}, "MADV_NOHUGEPAGE", False),
+@pytest.mark.parametrize("enabled,sizes,steps,registered", [
+    ("never", {}, ("write", "MADV_HUGEPAGE"), False),     # hugepage_enabled() false
+    ("madvise", {}, (), False),                           # mmap alone: no anon_vma
+    ("madvise", {}, ("MADV_HUGEPAGE",), False),           # never written: no anon_vma
+    ("madvise", {}, ("write", "MADV_HUGEPAGE"), True),    # hugepage_madvise()
+    ("madvise", {}, ("MADV_HUGEPAGE", "write"), True),    # the PMD-order fault
+    ("never", {4: "always", 9: "never"}, ("write",), False),   # mTHP faults do not
+    ("never", {4: "always", 9: "never"}, ("write", "MADV_HUGEPAGE"), True),
+    ("always", {}, ("MADV_NOHUGEPAGE", "write"), False),        # VM_NOHUGEPAGE
 ])
-def test_registration_rules(arch, enabled, sizes, advice, registered):
-    thp = ThpConfig(enabled=enabled, hugepages={order_to_kb(o): m for o, m in sizes.items()})
+def test_registration_rules(arch, enabled, sizes, steps, registered):
+    """khugepaged_enter_vma() (mm/khugepaged.c) as the mm tree calls it: from
+    hugepage_madvise(), do_huge_pmd_anonymous_page(), VMA merges and fork; it needs
+    hugepage_enabled() and collapse_possible(), whose thp_vma_allowable_orders()
+    (mm/huge_memory.c) gives khugepaged nothing for a VMA without an anon_vma."""
+    thp = ThpConfig(enabled=enabled, use_zero_page=False,
+                    hugepages={order_to_kb(o): m for o, m in sizes.items()})
     sim = Scenario(arch, thp=thp)
     p = sim.new_proc()
-    if advice == "MADV_NOHUGEPAGE":        # flags before mmap's registration
-        sim.kernel.syscall(p.pid, p.cpu, "mmap", (B, 4 * HPAGE_PMD_SIZE, 3, 0x32, -1, 0), B)
-        sim.madvise(p, B, 4 * HPAGE_PMD_SIZE, advice)
-        sim.register(p)
-    else:
-        sim.mmap(p, B, 4 * HPAGE_PMD_SIZE)
-        if advice:
-            sim.madvise(p, B, 4 * HPAGE_PMD_SIZE, advice)
+    sim.mmap(p, B, 4 * HPAGE_PMD_SIZE)
+    for step in steps:
+        if step == "write":
+            sim.write(p, B)
+        else:
+            sim.madvise(p, B, 4 * HPAGE_PMD_SIZE, step)
     assert (sim.mm(p) in sim.khugepaged.mm_slots) == registered
+
+
+def test_registration_by_merge_and_by_fork(arch):
+    """vma_merge_new_range() (mm/vma.c) calls khugepaged_enter_vma() on the merged VMA,
+    which has the written neighbour's anon_vma; khugepaged_fork() registers the child
+    of a registered mm (MMF_VM_HUGEPAGE)."""
+    sim = Scenario(arch, thp=ThpConfig(enabled="never", use_zero_page=False))
+    p = sim.new_proc()
+    sim.mmap(p, B, HPAGE_PMD_SIZE)
+    sim.fault_range(p, B, 8)
+    sim.kernel.thp_sysfs_store(enabled="always")
+    assert sim.khugepaged.mm_slots == []                  # the store registers nothing
+    sim.mmap(p, B + HPAGE_PMD_SIZE, HPAGE_PMD_SIZE)       # merges with the written VMA
+    assert sim.khugepaged.mm_slots == [sim.mm(p)]
+    child = sim.fork(p)
+    assert sim.khugepaged.mm_slots == [sim.mm(p), sim.mm(child)]
 
 
 def test_small_vma_is_never_collapsed_by_khugepaged(arch):
@@ -207,9 +236,10 @@ def test_thp_off_stops_the_thread_and_on_restarts_it(arch):
     sim = _sim(arch)
     p = _populated_mm(sim, 1, young=False)
     kh = sim.khugepaged
-    sim.thp.enabled = "never"
+    sim.kernel.thp_sysfs_store(enabled="never")          # start_stop_khugepaged(): stop
     sim.tick(0)
     assert kh.passes == 0 and kh.next_wake_ns is None and kh.mm_slots == [sim.mm(p)]
-    sim.thp.enabled = "always"
-    kh.start_stop(5)
+    assert not kh.running
+    kh.now_ns = 5
+    sim.kernel.thp_sysfs_store(enabled="always")         # a new thread scans at once
     assert kh.next_wake_ns == 5 and sim.tick(5) == 1

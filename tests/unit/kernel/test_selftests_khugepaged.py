@@ -163,7 +163,11 @@ def test_mthp_full_pmd_only_64k_becomes_32_x_64k(arch):
             if e.args["status"] == "succeeded"]
     assert len(made) == 32 and {e.args["order"] for e in made} == {4}
     # Every later pass allocates again for all 32 ranges, then isolate finds
-    # folio_order >= 4: PTE_MAPPED_HUGEPAGE.
+    # folio_order >= 4: PTE_MAPPED_HUGEPAGE.  v19 as posted does this: mthp_collapse()
+    # (11/14) pre-checks only bitmap_weight_from(mthp_present_ptes, ...) >= nr_ptes -
+    # max_ptes_none, the scan sets a bit for every present anon PTE whatever its
+    # folio's order, and collapse_huge_page() allocates (alloc_charge_folio()) before
+    # __collapse_huge_page_isolate() makes the folio-order test (07/14).
     assert sim.mthp(4, "collapse_alloc") == 32 * PASSES_BY_FIRST_POLL
     assert sim.vmstat["thp_collapse_alloc"] == 0          # PMD-order only
     assert sim.khugepaged.pages_collapsed == 1            # one PMD range, counted once
