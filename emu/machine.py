@@ -273,10 +273,14 @@ class Machine:
             retries = retries + 1 if i == at else 0
             f = self.hw.fault
             access = _ACCESS[f.kind]
+            if self.kernel.bus.wants("emu_page_fault"):
+                self.kernel.bus.publish("emu_page_fault", self._thread_ns(th), pid=pid,
+                                        vcpu=th.vcpu, va=f.va, kind=f.kind, reason=f.reason)
             if mm.mmap_lock == "write" and mm.locked_vma is not None \
                     and mm.locked_vma.start <= f.va < mm.locked_vma.end:
-                # The collapse holds the VMA's lock: the fault waits until it is done,
-                # then the access is tried again.
+                # The collapse holds the VMA's lock: the fault (counted, as the kernel
+                # counts it on entry) waits until it is done; the access is tried again.
+                self.kernel.stats.count_vm_event("pgfault")
                 th.collapse_faults += 1
                 if cleared is not None:
                     th.collapse_tlb_hits += self._in_range(addrs[:i], cleared)
@@ -285,9 +289,6 @@ class Machine:
                 self._wait_for_collapse(th, mm, t + th.stall_ns)
                 retries = 0
                 continue
-            if self.kernel.bus.wants("emu_page_fault"):
-                self.kernel.bus.publish("emu_page_fault", self._thread_ns(th), pid=pid,
-                                        vcpu=th.vcpu, va=f.va, kind=f.kind, reason=f.reason)
             if (retries >= MAX_FAULT_RETRIES
                     or not self.kernel.handle_mm_fault(pid, th.vcpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model

@@ -21,7 +21,7 @@ SPECS=(
   "forker|-m 32 -c 8 -s 2"
   "threads|-t 3 -p 8 -r 2"
   "collapse|-r 1 -n 64 -a"
-  "sparse|-r 2 -n 16 -i 20"
+  "sparse|-r 2 -n 16 -i 20 -L"
   "churn|-i 2 -p 8"
 )
 

@@ -187,8 +187,8 @@ class Khugepaged:
         """Run one step, starting the next pass if none is in progress (tests and
         debugging: watch the page tables between the steps); False if asleep."""
         if self._pass is None:
-            if self.next_wake_ns is None or not hugepage_enabled(self.k.config) \
-                    or not self.mm_slots:
+            if self.next_wake_ns is None or not self.running \
+                    or not hugepage_enabled(self.k.config) or not self.mm_slots:
                 return False
             self._pass_start = self._resume_ns = self.next_wake_ns
             self.cc.now_ns = self._pass_start

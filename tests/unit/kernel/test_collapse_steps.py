@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scenario import ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE, Scenario
 
-from emu.kernel.config import ThpConfig
+from emu.kernel.config import ThpConfig, order_to_kb
 
 B = 1 << 30
 ARCH = pytest.mark.parametrize("arch", ARCHS)
@@ -25,9 +25,9 @@ def _setup(arch, strategy, order, fail_at=None):
     sim.mmap(p, B, HPAGE_PMD_SIZE)
     sim.fault_range(p, B, HPAGE_PMD_NR)
     if order == 9:
-        sim.thp.enabled = "always"
+        sim.kernel.thp_sysfs_store(enabled="always")
     else:
-        sim.set_size(order, "always")
+        sim.kernel.thp_sysfs_store(hugepages={order_to_kb(order): "always"})
     sim.register(p)
     return sim, p
 

@@ -12,7 +12,7 @@ from scenario import ARCHS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE, Scenario
 from emu.bus import EventBus
 from emu.kernel.config import ThpConfig
 from emu.kernel.huge_memory import BIT
-from emu.kernel.khugepaged.collapse import CollapseControl
+from emu.kernel.khugepaged.collapse import CollapseControl, run_steps
 from emu.kernel.khugepaged.knobs import CollapseCosts, KhugepagedKnobs
 from emu.kernel.khugepaged.results import ScanResult
 from emu.kernel.khugepaged.scan import mthp_collapse_v5, v5_chunk_bitmap
@@ -48,13 +48,14 @@ def _walk(answer, enabled=ENABLED):
 
     def collapse(k, mm, addr, referenced, unmapped, cc, order):
         calls.append(((addr - B) // PAGE_SIZE, order))
+        yield cc.now_ns                   # a generator of steps, as collapse_huge_page
         return answer(order)
 
     cc = CollapseControl(is_khugepaged=True, knobs=KhugepagedKnobs.preset(),
                          bus=EventBus(), costs=CollapseCosts.load(), algo="v5")
     cc.mthp_bitmap[:] = True
     k = SimpleNamespace(config=ThpConfig(enabled="madvise"))
-    return mthp_collapse_v5(k, None, B, 1, 0, cc, enabled, collapse=collapse), calls
+    return run_steps(mthp_collapse_v5(k, None, B, 1, 0, cc, enabled, collapse=collapse)), calls
 
 
 def test_v5_walk_stops_after_a_result_outside_the_09_12_list():

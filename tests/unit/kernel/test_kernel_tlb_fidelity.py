@@ -255,7 +255,7 @@ def test_khugepaged_flushes_are_issued_by_its_own_cpu(arch):
     mmap(k, 1, BASE, PMD)
     for i in range(512):
         touch(k, BASE + i * PAGE)
-    k.config.enabled = "always"
+    k.thp_sysfs_store(enabled="always")
     k.syscall(1, 0, "madvise", (BASE, PMD, 14), 0)                 # MADV_HUGEPAGE
     before = hw.issued_without_vcpu()
     assert before == {}
