@@ -4,14 +4,17 @@
  *   rwthreads [-t THREADS] [-m MiB] [-i ITERATIONS] [-S SEED] [-W WRITE_PER_256]
  *
  * Defaults: 4 threads, 8 MiB, 1M iterations per thread, half writes.  The main
- * thread writes one word per page first, marks 1, starts the threads and
- * marks 2 when they are done.  Each thread draws random words over the whole
+ * thread writes one word per page first, marks 1, madvise(MADV_HUGEPAGE)s the
+ * region (which registers it with khugepaged once a THP size is on: emu's
+ * --at-mark 1:... turns one on), starts the threads and marks 2 when they are
+ * done.  Each thread draws random words over the whole
  * region (xorshift64, its own seed) and reads any of them but writes only
  * words of the pages it owns (page % THREADS == thread), so every page has one
  * writer and the counts below are exact whatever the interleaving.
  */
 #include <getopt.h>
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include "emu_mark.h"
 #include "truth.h"
@@ -83,6 +86,8 @@ int main(int argc, char **argv)
 
 	struct worker *ws = xcalloc(nthreads, sizeof *ws);
 	emu_mark(1);
+	if (madvise((void *)r.start, npages * PAGE_SIZE, MADV_HUGEPAGE))
+		die_errno("madvise");
 	for (unsigned long t = 0; t < nthreads; t++) {
 		ws[t] = (struct worker){.id = t, .nthreads = nthreads, .iters = iters,
 					.wthresh = wthresh, .seed = splitmix64(seed + t) | 1, .p = p,
