@@ -33,7 +33,7 @@ def test_late_thp_in_a_threaded_guest_collapses(tmp_path: Path, arch, setting, s
     out = tmp_path / "r.json"
     p = subprocess.run([*EMU, "run", "-q", "--thp", "never", "--khugepaged", "fast",
                         "--at-mark", setting, "--json", str(out), "--",
-                        guest(arch, "latethp"), "-r", "200"],
+                        guest(arch, "latethp"), "-r", "2000"],
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert p.returncode == 0, p.stderr
     truth = parse_truth(p.stdout)
@@ -41,7 +41,9 @@ def test_late_thp_in_a_threaded_guest_collapses(tmp_path: Path, arch, setting, s
     r = json.loads(out.read_text())
     kh = r["khugepaged"]
     assert kh["khugepaged"]["passes"] >= 1
-    # mm/khugepaged.c collapse_scan_mm_slot(): one SCAN_SUCCEED per PMD range.
-    assert kh["khugepaged"]["results"] == {"SCAN_SUCCEED": NR_PMDS}
+    # mm/khugepaged.c collapse_scan_mm_slot(): one SCAN_SUCCEED per PMD range (later
+    # passes, while the threads go on, find them done: PMD_MAPPED, or for 64K the
+    # v19 re-attempts' results)
+    assert kh["khugepaged"]["results"]["SCAN_SUCCEED"] == NR_PMDS
     assert kh["khugepaged"]["pages_collapsed"] == NR_PMDS
     assert {str(k): v for k, v in kh["collapses_by_size_kb"].items()} == sizes_kb

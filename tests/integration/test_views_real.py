@@ -28,7 +28,7 @@ def test_run_text_json_html_timeline_agree(tmp_path: Path) -> None:
     js, tl, rep = tmp_path / "r.json", tmp_path / "t.json", tmp_path / "rep"
     p = emu("run", "--json", str(js), "--timeline", str(tl), "--report", str(rep),
             "--inspect-at", "2", "--khugepaged", "fast", "--thp", "never",
-            "--at-mark", "2:thp=always", "--", binary, "-i", "3000")
+            "--at-mark", "2:thp=always", "--", binary, "-L", "-i", "3000")
     res = json.loads(js.read_text())
     truth = parse_truth(p.stdout)
     pid = truth["pid"]
