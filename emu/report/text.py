@@ -130,8 +130,15 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
             add(f"   khugepaged never ran: {kh['idle_reason']}")
         stalls = result["khugepaged"].get("guest_stalls", {})
         if stalls.get("count"):
-            add(f"   guest threads stalled on a PMD being collapsed: {stalls['count']:,} times,"
+            add(f"   guest threads waited for a collapse's lock: {stalls['count']:,} times,"
                 f" {stalls['total_ns'] / 1e3:,.1f} us in all (estimated)")
+        if stalls.get("tlb_hits_in_cleared_ranges"):
+            add(f"   accesses that went on through TLB entries into cleared ranges:"
+                f" {stalls['tlb_hits_in_cleared_ranges']:,}")
+        integrity = result.get("integrity")
+        if integrity is not None:
+            add(f"   integrity oracle: {integrity['checked_reads']:,} reads checked,"
+                f" {integrity['lost_writes']:,} saw a lost write or stale data")
     elif kh and kh.get("madvise_collapse"):
         add("")
         add(" MADV_COLLAPSE (the khugepaged thread is off; --khugepaged runs it):")

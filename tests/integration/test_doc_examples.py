@@ -172,7 +172,8 @@ EXAMPLES: dict[str, Example] = {
         Example(_check_tutorial_random),
     ".venv/bin/emu compare --report cmp": Example(_check_tutorial_compare),
     ".venv/bin/emu run --khugepaged fast --thp never --at-mark 2:thp=always --inspect-at 2"
-    " --timeline sparse-timeline.json --report sparse-report -- build/guest/arm64/sparse -i 5000":
+    " --timeline sparse-timeline.json --report sparse-report --"
+    " build/guest/arm64/sparse -L -i 5000":
         Example(_check_tutorial_collapse),
     ".venv/bin/emu run -- build/guest/x86_64/random -m 64 -i 1000000": Example(_check_random),
     ".venv/bin/emu run --thp never --profile neoverse-n1 -- build/guest/arm64/touch -m 16":
@@ -187,7 +188,7 @@ EXAMPLES: dict[str, Example] = {
         Example(_check_khugepaged, [("emu run ", "emu run --json khugepaged.json ")],
                 why="the collapse is checked in the JSON"),
     ".venv/bin/emu run --khugepaged fast --sysfs enabled=never --sysfs khugepaged/max_ptes_none=0"
-    " --at-mark 2:enabled=always -- build/guest/arm64/sparse -i 5000":
+    " --at-mark 2:enabled=always -- build/guest/arm64/sparse -L -i 5000":
         Example(_check_max_ptes_none),
     ".venv/bin/emu run --utlb 64 -- /bin/busybox gzip -c big.txt > big.gz":
         Example(_check_gzip, why="big.txt: a generated 256 KiB text file"),
