@@ -7,6 +7,7 @@ when a process exits, before its memory is torn down).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,34 @@ def size_name(order: int, page_shift: int = 12) -> str:
     return f"{kb // 1024}M" if kb >= 1024 and kb % 1024 == 0 else f"{kb}K"
 
 
+def mapped_entries(kernel: Any, mm: Any, start: int, end: int
+                   ) -> Iterator[tuple[str, int, int, int]]:
+    """What maps [start, end), read from the page tables: ("pmd", addr, nr_pages,
+    PMD descriptor) for each PMD leaf, ("pte", va, 1, PTE descriptor) for each
+    present PTE; both censuses below count from it."""
+    pt, arch, store = kernel.pt, kernel.arch, kernel.physmem.pgtables
+    page = kernel.page_size
+    pmd_size = pt.pmd_size
+    addr = start
+    while addr < end:
+        chunk_end = min((addr | (pmd_size - 1)) + 1, end)
+        slot = pt.pmd_slot(mm, addr)
+        pmd = store.read(*slot) if slot else 0
+        n = (chunk_end - addr) // page
+        if pmd and pt.pmd_is_leaf(pmd):
+            yield "pmd", addr, n, pmd
+        elif pmd:
+            table = pt.pte_table(mm, addr)
+            if table is not None:
+                tab = store.table(table)
+                i0 = arch.index(addr, pt.pte_level)
+                for i in np.flatnonzero(tab[i0:i0 + n]).tolist():
+                    d = int(tab[i0 + i])
+                    if arch.is_present(d):
+                        yield "pte", addr + i * page, 1, d
+        addr = chunk_end
+
+
 def vma_census(kernel: Any, mm: Any, start: int, end: int) -> dict[str, int]:
     """Pages of [start, end) by how they are mapped.
 
@@ -25,41 +54,24 @@ def vma_census(kernel: Any, mm: Any, start: int, end: int) -> dict[str, int]:
     for the shared zero pages, "cont" for pages whose PTE has the arm64
     contiguous bit (counted again: a subset of the others).
     """
-    pt, arch, store = kernel.pt, kernel.arch, kernel.physmem.pgtables
-    page = kernel.page_size
-    pmd_size = pt.pmd_size
+    arch = kernel.arch
     out: Counter[str] = Counter()
-    addr = start
-    while addr < end:
-        chunk_end = min((addr | (pmd_size - 1)) + 1, end)
-        slot = pt.pmd_slot(mm, addr)
-        pmd = store.read(*slot) if slot else 0
-        n = (chunk_end - addr) // page
-        if pmd and pt.pmd_is_leaf(pmd):
-            pfn = arch.pfn(pmd)
+    for kind, _va, n, d in mapped_entries(kernel, mm, start, end):
+        pfn = arch.pfn(d)
+        if kind == "pmd":
             if pfn == kernel.huge_zero_pfn:
                 out["zero"] += n
             else:
                 f = kernel.folio_of_pfn(pfn)
                 out[size_name(f.order if f else kernel.pmd_order) + "-pmd"] += n
-        elif pmd:
-            table = pt.pte_table(mm, addr)
-            if table is not None:
-                tab = store.table(table)
-                i0 = arch.index(addr, pt.pte_level)
-                for i in np.flatnonzero(tab[i0:i0 + n]).tolist():
-                    d = int(tab[i0 + i])
-                    if not arch.is_present(d):
-                        continue
-                    pfn = arch.pfn(d)
-                    if arch.cont(d):
-                        out["cont"] += 1
-                    if pfn == kernel.zero_pfn:
-                        out["zero"] += 1
-                        continue
-                    f = kernel.folio_of_pfn(pfn)
-                    out[size_name(f.order) if f is not None and f.anon else "file"] += 1
-        addr = chunk_end
+            continue
+        if arch.cont(d):
+            out["cont"] += 1
+        if pfn == kernel.zero_pfn:
+            out["zero"] += 1
+            continue
+        f = kernel.folio_of_pfn(pfn)
+        out[size_name(f.order) if f is not None and f.anon else "file"] += 1
     return dict(sorted(out.items()))
 
 
@@ -99,9 +111,8 @@ def vma_thpmaps(kernel: Any, mm: Any, start: int, end: int,
     size ("2M-pmd", "64K", "4K", "file", "zero"), merged where adjacent, for
     pictures of the address space.
     """
-    pt, arch, store = kernel.pt, kernel.arch, kernel.physmem.pgtables
+    arch = kernel.arch
     page, shift = kernel.page_size, kernel.page_shift
-    pmd_size = pt.pmd_size
     out: Counter[str] = Counter()
     vfns: list[np.ndarray] = []
     pfns: list[np.ndarray] = []
@@ -115,35 +126,21 @@ def vma_thpmaps(kernel: Any, mm: Any, start: int, end: int,
         else:
             runs.append((lo, hi, label))
 
-    addr = start
-    while addr < end:
-        chunk_end = min((addr | (pmd_size - 1)) + 1, end)
-        slot = pt.pmd_slot(mm, addr)
-        pmd = store.read(*slot) if slot else 0
-        n = (chunk_end - addr) // page
-        if pmd and pt.pmd_is_leaf(pmd):
-            pfn = arch.pfn(pmd)
+    for kind, va, n, d in mapped_entries(kernel, mm, start, end):
+        if kind == "pmd":
+            pfn = arch.pfn(d)
             f = None if pfn == kernel.huge_zero_pfn else kernel.folio_of_pfn(pfn)
             if f is None:
                 out["zero"] += n
-                run(addr, chunk_end, "zero")
+                run(va, va + n * page, "zero")
             else:
                 side = "anon" if f.anon else "file"
                 out[f"{side}-thp-pmd-aligned-{_kb(f.order, shift)}kB"] += n
-                run(addr, chunk_end, f"{size_name(f.order, shift)}-pmd" if f.anon else "file")
-        elif pmd:
-            table = pt.pte_table(mm, addr)
-            if table is not None:
-                tab = store.table(table)
-                i0 = arch.index(addr, pt.pte_level)
-                for i in np.flatnonzero(tab[i0:i0 + n]).tolist():
-                    d = int(tab[i0 + i])
-                    if not arch.is_present(d):
-                        continue
-                    cont_bits += bool(arch.cont(d))
-                    vfns.append((addr >> shift) + i)
-                    pfns.append(arch.pfn(d))
-        addr = chunk_end
+                run(va, va + n * page, f"{size_name(f.order, shift)}-pmd" if f.anon else "file")
+            continue
+        cont_bits += bool(arch.cont(d))
+        vfns.append(va >> shift)
+        pfns.append(arch.pfn(d))
     # Group the PTE-mapped pages by folio, as thpmaps groups pagemap ranges by head page.
     by_folio: dict[int, list[tuple[int, int]]] = {}
     folio_of: dict[int, Any] = {}
