@@ -32,17 +32,9 @@ def _img(path: Path) -> str:
 
 
 def _counters_table(counters: dict[str, int]) -> str:
-    anon, file = maps.totals(counters)
-    rows = []
-    for key in sorted(counters, key=maps.order):
-        kb = counters[key]
-        if not kb:
-            continue
-        base = anon if key.startswith("anon-") or key == "cont-bit" else \
-            file if key.startswith("file-") else 0
-        pct = f"{100 * kb / base:.0f}%" if base else ""
-        rows.append(f'<tr><td class="k">{html.escape(key)}</td><td>{kb:,} kB</td>'
-                    f"<td>{pct}</td></tr>")
+    rows = [f'<tr><td class="k">{html.escape(key)}</td><td>{kb:,} kB</td>'
+            f"<td>{'' if pct is None else f'{pct:.0f}%'}</td></tr>"
+            for key, kb, pct in maps.rows(counters)]
     return "<table><tr><th>counter</th><th>kB</th><th>%</th></tr>" + "".join(rows) + "</table>"
 
 

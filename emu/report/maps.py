@@ -32,9 +32,10 @@ def totals(counters: dict[str, int]) -> tuple[int, int]:
     return anon, file
 
 
-def counter_lines(counters: dict[str, int], indent: str = "   ") -> list[str]:
+def rows(counters: dict[str, int]) -> list[tuple[str, int, float | None]]:
+    """(counter, kB, percent of the anon or file total, or None) in thpmaps's order,
+    zero counters left out: what the text and HTML tables both show."""
     anon, file = totals(counters)
-    width = max((len(k) for k in counters), default=0) + 1
     out = []
     for key in sorted(counters, key=order):
         kb = counters[key]
@@ -42,9 +43,15 @@ def counter_lines(counters: dict[str, int], indent: str = "   ") -> list[str]:
             continue
         base = anon if key.startswith("anon-") or key == "cont-bit" else \
             file if key.startswith("file-") else 0
-        pct = f" ({100 * kb / base:3.0f}%)" if base else ""
-        out.append(f"{indent}{key + ':':<{width}} {kb:>10} kB{pct}")
+        out.append((key, kb, 100 * kb / base if base else None))
     return out
+
+
+def counter_lines(counters: dict[str, int], indent: str = "   ") -> list[str]:
+    width = max((len(k) for k in counters), default=0) + 1
+    return [f"{indent}{key + ':':<{width}} {kb:>10} kB"
+            + (f" ({pct:3.0f}%)" if pct is not None else "")
+            for key, kb, pct in rows(counters)]
 
 
 def when(snap: dict[str, Any]) -> str:
