@@ -148,18 +148,25 @@ class Khugepaged:
             if self._pass is None:
                 if self.next_wake_ns is None or self.next_wake_ns > now_ns:
                     break
-                if not self.running or not hugepage_enabled(self.k.config) \
-                        or not self.mm_slots:
+                if not self._has_work():
                     self.next_wake_ns = None
                     break
-                self._pass_start = self._resume_ns = self.next_wake_ns
-                self.cc.now_ns = self._pass_start
-                self._pass = self.khugepaged_do_scan()
+                self._start_pass()
             if self._resume_ns > now_ns:
                 break
             if self._step():
                 ran += 1
         return ran
+
+    def _has_work(self) -> bool:
+        """The thread runs, some size is enabled, and it has mms to scan."""
+        return self.running and hugepage_enabled(self.k.config) and bool(self.mm_slots)
+
+    def _start_pass(self) -> None:
+        """A pass begins at the wake-up time (khugepaged_do_scan, as steps)."""
+        self._pass_start = self._resume_ns = self.next_wake_ns
+        self.cc.now_ns = self._pass_start
+        self._pass = self.khugepaged_do_scan()
 
     def _step(self) -> bool:
         """Run the pass's next step; True when that finished the pass."""
@@ -187,12 +194,9 @@ class Khugepaged:
         """Run one step, starting the next pass if none is in progress (tests and
         debugging: watch the page tables between the steps); False if asleep."""
         if self._pass is None:
-            if self.next_wake_ns is None or not self.running \
-                    or not hugepage_enabled(self.k.config) or not self.mm_slots:
+            if self.next_wake_ns is None or not self._has_work():
                 return False
-            self._pass_start = self._resume_ns = self.next_wake_ns
-            self.cc.now_ns = self._pass_start
-            self._pass = self.khugepaged_do_scan()
+            self._start_pass()
         saved, self.k.current_cpu = self.k.current_cpu, None
         try:
             self._step()
