@@ -20,6 +20,7 @@ import numpy as np
 
 from emu.arch import PMD_SIZE, syscalls
 from emu.counting import PageCounts
+from emu.gup_agent import GupFastAgent
 from emu.kernel.thpmaps import mm_thpmaps, vma_census
 from emu.oracle import Oracle
 from emu.report.khugepaged import CollapseLog
@@ -80,6 +81,11 @@ class RunOptions:
     khugepaged: bool = False   # run the khugepaged thread (MADV_COLLAPSE works regardless)
     utlb: int = 0              # entries of the plugin's micro-TLB (0: none)
     oracle: bool = False       # check every read against the guest's last write
+    # the synthetic GUP-fast user (emu.gup_agent): attempts per simulated second (0: none),
+    # pages per attempt, how long each pin is held
+    gup_fast_rate: float = 0.0
+    gup_fast_pages: int = 16
+    gup_fast_hold_ns: float = 10_000.0
 
 
 class Machine:
@@ -132,6 +138,14 @@ class Machine:
             bus.subscribe("emu_dup_mmap", lambda e: self.oracle.fork(e.args["parent_asid"],
                                                                      e.args["child_asid"]))
             bus.subscribe("mm_collapse_huge_page", self._note_collapse)
+        self.gup_agent: GupFastAgent | None = None
+        if kernel is not None:
+            # steps due inside a GUP-fast walk's window run before its recheck
+            kernel.gup.run_until = self._run_khugepaged
+            if self.options.gup_fast_rate > 0:
+                self.gup_agent = GupFastAgent(kernel, self.options.gup_fast_rate,
+                                              self.options.gup_fast_pages,
+                                              self.options.gup_fast_hold_ns)
         self.now_ns = 0.0
 
     # -- processes and threads -------------------------------------------------
@@ -211,8 +225,8 @@ class Machine:
                                                         i_)
                     self._translate(th, k_, a_, c_, i_)
                     if end < b - a:
-                        self._run_khugepaged(int(icounts[end]) * self.options.ns_per_insn
-                                             + th.stall_ns)
+                        self._run_actors(int(icounts[end]) * self.options.ns_per_insn
+                                         + th.stall_ns)
                     start = end
             self._tick(th)
         return hi
@@ -234,6 +248,23 @@ class Machine:
     def _run_khugepaged(self, now: float) -> None:
         if self.khugepaged is not None and self.options.khugepaged:
             self.khugepaged.run(now)
+
+    def _advance_agent(self, now: float) -> None:
+        """The GUP-fast user's events up to now (khugepaged is stepped by the caller)."""
+        agent = self.gup_agent
+        if agent is not None:
+            while agent.next_event_ns() <= now:
+                agent.step()
+
+    def _run_actors(self, now: float) -> None:
+        """The machine's own actors up to now, in time order: the synthetic GUP-fast
+        user's attempts and releases, khugepaged's steps."""
+        agent = self.gup_agent
+        if agent is not None:
+            while (t := agent.next_event_ns()) <= now:
+                self._run_khugepaged(t)
+                agent.step()
+        self._run_khugepaged(now)
 
     def _absorbed(self, cpu: int, flags: np.ndarray, kinds: np.ndarray, addrs: np.ndarray,
                   counts: np.ndarray, icounts: np.ndarray
@@ -329,7 +360,7 @@ class Machine:
         if mm is None or mm.mmap_lock is None or self.khugepaged is None:
             return
         if th is None:
-            self.khugepaged.run_until_unlocked(mm)
+            self.khugepaged.run_until_unlocked(mm, self._advance_agent)
             return
         self._wait_for_collapse(th, mm, th.last_icount * self.options.ns_per_insn
                                 + th.stall_ns)
@@ -337,7 +368,7 @@ class Machine:
     def _wait_for_collapse(self, th: Thread, mm: Any, now: float) -> None:
         """Wait for the collapse that holds mm's lock to release it: khugepaged runs its
         steps to the unlock, and the thread's clock moves to that moment."""
-        release = self.khugepaged.run_until_unlocked(mm)
+        release = self.khugepaged.run_until_unlocked(mm, self._advance_agent)
         wait = max(0.0, release - now)
         th.stall_ns += wait
         th.collapse_wait_ns += wait
@@ -351,8 +382,7 @@ class Machine:
             self.now_ns = now
             if self.kernel is not None:
                 self.kernel.tlbstate.now_ns = int(now)   # should_trim_cpumask's clock
-            if self.khugepaged is not None and self.options.khugepaged:
-                self.khugepaged.run(now)
+            self._run_actors(now)
 
     def _special(self, rec: np.void, syscalls: np.ndarray) -> None:
         kind = int(rec["kind"])
@@ -407,6 +437,7 @@ class Machine:
             # that thread's time, as the guest would have waited for it.
             t0 = self._thread_ns(th)
             wait = self.kernel.syscall(pid, vcpu, name, args, ret)
+            wait += self.kernel.gup_syscall(pid, name, args, ret, t0 + wait)
             th.stall_ns += wait
             if wait:
                 self._stalled(th, t0, wait, name)
@@ -445,6 +476,8 @@ class Machine:
         for proc in list(self.processes.values()):
             if not proc.exited:
                 self._exit_process(proc)
+        if self.gup_agent is not None:
+            self.gup_agent.release_all()
 
     # -- results ---------------------------------------------------------------------
 

@@ -56,6 +56,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oracle", action="store_true",
                    help="check every read against the guest's last write to its page (the"
                         " integrity oracle: lost writes and stale reads are reported)")
+    g.add_argument("--gup-fast-rate", type=float, default=0.0, metavar="N",
+                   help="a synthetic GUP-fast user on its own CPU: N pins per simulated"
+                        " second of populated anonymous memory, as O_DIRECT or io_uring"
+                        " I/O would (default 0: none; docs/collapse.md)")
+    g.add_argument("--gup-fast-pages", type=int, default=16, metavar="N",
+                   help="pages per synthetic GUP-fast pin (default 16)")
+    g.add_argument("--gup-fast-hold-us", type=float, default=10.0, metavar="US",
+                   help="how long each synthetic pin is held, simulated us (default 10)")
     g.add_argument("--ns-per-insn", type=float, default=0.5,
                    help="simulated time per retired instruction")
     o = p.add_argument_group("output")

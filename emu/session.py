@@ -94,6 +94,15 @@ def plan_model(arch: str, args: argparse.Namespace) -> ModelPlan:
 
     if not args.ns_per_insn > 0:
         raise EmuError(f"--ns-per-insn {args.ns_per_insn}: must be a positive time")
+    rate = getattr(args, "gup_fast_rate", 0.0)
+    if not 0 <= rate <= 1e9:
+        raise EmuError(f"--gup-fast-rate {rate}: give pins per simulated second, 0 to 1e9")
+    if rate and args.no_hw:
+        raise EmuError("--gup-fast-rate: the GUP-fast user needs the model (not --no-hw)")
+    if not 1 <= getattr(args, "gup_fast_pages", 16) <= 512:
+        raise EmuError(f"--gup-fast-pages {args.gup_fast_pages}: give 1 to 512")
+    if not getattr(args, "gup_fast_hold_us", 10.0) >= 0:
+        raise EmuError(f"--gup-fast-hold-us {args.gup_fast_hold_us}: must be 0 or more")
     from_file: list[Any] = []       # sysfs.Setting
     from_cli: list[Any] = []
     if args.config or getattr(args, "sysfs", None):
@@ -128,6 +137,9 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
     args = plan.args
     options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
                          oracle=getattr(args, "oracle", False),
+                         gup_fast_rate=getattr(args, "gup_fast_rate", 0.0),
+                         gup_fast_pages=getattr(args, "gup_fast_pages", 16),
+                         gup_fast_hold_ns=getattr(args, "gup_fast_hold_us", 10.0) * 1e3,
                          khugepaged=args.khugepaged != "off" and not args.no_hw)
     frac, order = plan.fragment
     physmem = PhysMem(plan.frames)

@@ -23,6 +23,7 @@ from emu.kernel.buddy import BuddyAllocator
 from emu.kernel.config import ThpConfig
 from emu.kernel.folio import Folio
 from emu.kernel.fork import ForkMixin
+from emu.kernel.gup import Gup
 from emu.kernel.khugepaged.daemon import Khugepaged
 from emu.kernel.khugepaged.knobs import KhugepagedKnobs
 from emu.kernel.khugepaged.madvise_collapse import MadviseCollapseRecord, madvise_collapse
@@ -96,6 +97,7 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
             self.buddy.fragment(fragment, fragment_max_order, seed)
         self.khugepaged = (Khugepaged(self, khugepaged, algo, strategy)
                            if khugepaged is not None else None)
+        self.gup = Gup(self)
 
     # ===== public views ===========================================================
 
@@ -341,6 +343,12 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         (MADV_COLLAPSE), which the calling thread waits for; 0 for the others.
         """
         return _syscalls.apply(self, pid, cpu, name, args, ret)
+
+    def gup_syscall(self, pid: int, name: str, args: tuple[int, ...], ret: int,
+                    now_ns: float) -> float:
+        """Pin what the syscall pinned with GUP-fast (data/gup_fast.toml); the time the
+        caller waited for a collapse's lock on the slow path."""
+        return self.gup.syscall(pid, name, args, ret, now_ns)
 
     @staticmethod
     def handles_syscall(name: str) -> bool:

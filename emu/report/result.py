@@ -105,6 +105,7 @@ def build_result(machine: Any, binary: str, argv: list[str],
         result["integrity"] = {"checked_reads": o.checked_reads, "lost_writes": o.lost_writes,
                                "first": o.reports}
     if machine.kernel is not None and machine.hw is not None:
+        result["gup"] = gup_section(machine)
         result["thpmaps"] = thpmaps_section(machine)
     if machine.collapse_log is not None:
         result["khugepaged"] = machine.collapse_log.section(machine.khugepaged)
@@ -119,6 +120,17 @@ def build_result(machine: Any, binary: str, argv: list[str],
                                               for t in machine.all_threads)}
         result["khugepaged"]["strategy"] = machine.khugepaged.cc.strategy
     return result
+
+
+def gup_section(machine: Any) -> dict[str, Any]:
+    """GUP-fast: what the lockless walker did (syscalls and the synthetic user)."""
+    out: dict[str, Any] = machine.kernel.gup.stats.as_dict()
+    out["gup_slow_wait_ns"] = int(out["gup_slow_wait_ns"])
+    agent = machine.gup_agent
+    out["agent"] = None if agent is None else {
+        "rate_per_s": machine.options.gup_fast_rate, "pages": agent.pages,
+        "hold_ns": agent.hold_ns, "skipped": agent.skipped}
+    return out
 
 
 def qemu_placement(vmas: list[dict[str, Any]]) -> dict[str, Any]:

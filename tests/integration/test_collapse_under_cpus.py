@@ -88,3 +88,26 @@ def test_pte_flushes_and_stalls_less_than_pmd_for_64k(recordings, tmp_path, arch
     assert pte["khugepaged"]["guest_stalls"]["faults"] < \
         pmd["khugepaged"]["guest_stalls"]["faults"]
     assert pte["khugepaged"]["collapses_by_size_kb"] == pmd["khugepaged"]["collapses_by_size_kb"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_gup_fast_falls_back_on_the_cleared_pmd_more_than_on_cleared_ptes(recordings,
+                                                                          tmp_path, arch):
+    """The other walker of the thread: a synthetic GUP-fast user pins the program's
+    memory during the collapses.  Under ``pmd`` it meets the cleared PMD and falls back
+    to the slow path more often than under ``pte``; no pin is left behind, no write lost,
+    and no page the program never touched is faulted in."""
+    got = {}
+    for strategy in ("pmd", "pte"):
+        out = tmp_path / f"gup-{arch}-{strategy}.json"
+        emu("replay", "-q", "--oracle", "--json", str(out), "--khugepaged", "fast",
+            "--collapse-strategy", strategy, "--thp", "never", "--at-mark", SIZES["64K"],
+            "--gup-fast-rate", "1000000", str(recordings["threads", arch]))
+        r = json.loads(out.read_text())
+        g = r["gup"]
+        assert g["gup_fast_attempts"] > 100, g
+        assert g["gup_unpinned"] == g["gup_fast_pages"] + g["gup_slow_pages"], g
+        assert g["gup_slow_faults"] == 0, g
+        assert r["integrity"]["lost_writes"] == 0
+        got[strategy] = g
+    assert got["pmd"]["gup_fast_fallbacks_collapse"] > got["pte"]["gup_fast_fallbacks_collapse"]

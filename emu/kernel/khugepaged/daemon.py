@@ -12,6 +12,7 @@ which decides when it next wakes.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from emu.arch import PMD_SIZE
@@ -212,12 +213,18 @@ class Khugepaged:
                 return 1
         return 0
 
-    def run_until_unlocked(self, mm: Any) -> int:
+    def run_until_unlocked(self, mm: Any,
+                           before_step: Callable[[int], None] | None = None) -> int:
         """Run the steps that hold mm's mmap_lock, whatever their time (someone waits
-        for the lock); returns the simulated time it is released."""
+        for the lock); returns the simulated time it is released.  ``before_step(t)``
+        lets the machine's other actors run up to each step's time first."""
         saved, self.k.current_cpu = self.k.current_cpu, None
         try:
             while mm.mmap_lock is not None and self._pass is not None:
+                if before_step is not None:
+                    before_step(self._resume_ns)
+                    if mm.mmap_lock is None or self._pass is None:
+                        break
                 self._step()
         finally:
             self.k.current_cpu = saved

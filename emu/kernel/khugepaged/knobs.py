@@ -85,6 +85,7 @@ class CollapseCosts:
     flush_local_all_ns: int
     flush_local_one_ns: int
     flush_ipi_ns: int
+    gup_fast_ns: int
 
     def flush_ns(self, st: dict[str, int]) -> int:
         """Estimated duration of a flush from its nr_tlb_* counts (0 if none counted)."""
