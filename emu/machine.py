@@ -137,6 +137,10 @@ class Machine:
                 e.args["asid"], e.args["old"], e.args["new"], e.args["length"]))
             bus.subscribe("emu_dup_mmap", lambda e: self.oracle.fork(e.args["parent_asid"],
                                                                      e.args["child_asid"]))
+            bus.subscribe("emu_lazyfree", lambda e: self.oracle.lazyfree(
+                e.args["asid"], e.args["start"], e.args["end"]))
+            bus.subscribe("emu_lazyfree_discard", lambda e: self.oracle.discard(
+                e.args["asid"], e.args["va"]))
             bus.subscribe("mm_collapse_huge_page", self._note_collapse)
         self.gup_agent: GupFastAgent | None = None
         if kernel is not None:

@@ -47,12 +47,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         " scans every 1 ms)")
     g.add_argument("--collapse-algo", choices=["v19", "v5"], default="v19",
                    help="the khugepaged mTHP series the collapse follows (default v19)")
-    g.add_argument("--collapse-strategy", choices=["pmd", "pte", "unsafe-noflush"],
+    g.add_argument("--collapse-strategy",
+                   choices=["pmd", "pte", "unsafe-noflush", "unsafe-nonatomic"],
                    default="pmd",
                    help="how a collapse stops other walkers: pmd clears and flushes the"
                         " whole PMD (upstream, the default); pte clears and flushes only"
                         " the target PTEs; unsafe-noflush never flushes (it loses writes:"
-                        " for showing the integrity oracle)")
+                        " for showing the integrity oracle); unsafe-nonatomic is pte with"
+                        " a read, then a separate clear (it loses hardware dirty bits)")
     g.add_argument("--oracle", action="store_true",
                    help="check every read against the guest's last write to its page (the"
                         " integrity oracle: lost writes and stale reads are reported)")

@@ -6,7 +6,10 @@ the modelled hardware reached.  A read that reaches a frame holding another
 version than its page's truth read stale data: a write was lost (it landed in a
 frame that is no longer the page's) or the read went to the wrong frame.  Pages
 whose contents the kernel drops (zap) leave the truth; mremap moves them; fork
-copies them.  The checks run in a numba kernel over the batch's frames.
+copies them.  MADV_FREE makes a page's contents the kernel's to drop until it is
+written again: reclaim may then discard it, and only a discarded page that was
+written after MADV_FREE (its dirty bit lost) leaves a lost write behind.  The
+checks run in a numba kernel over the batch's frames.
 """
 
 from __future__ import annotations
@@ -88,6 +91,23 @@ class Oracle:
     def __post_init__(self) -> None:
         self.truth = Dict.empty(key_type=types.int64, value_type=types.int64)
         self._lost = np.zeros(MAX_REPORTS + 1, dtype=np.int64)
+        self._lazyfree: dict[int, int] = {}     # key -> version at MADV_FREE
+
+    def lazyfree(self, asid: int, start: int, end: int) -> None:
+        """MADV_FREE: remember each written page's version at this moment."""
+        base = self._base(asid)
+        lo, hi = base + (start >> PAGE_SHIFT), base + (end >> PAGE_SHIFT)
+        for key, v in self.truth.items():
+            if lo <= key < hi:
+                self._lazyfree[key] = v
+
+    def discard(self, asid: int, va: int) -> None:
+        """Reclaim dropped a lazy-free page: its truth goes only if it was not written
+        since MADV_FREE (otherwise the next read reports the lost write)."""
+        key = self._base(asid) + (va >> PAGE_SHIFT)
+        v = self._lazyfree.pop(key, None)
+        if v is not None and self.truth.get(key, -1) == v:
+            del self.truth[key]
 
     @staticmethod
     def _base(asid: int) -> int:

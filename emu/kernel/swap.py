@@ -84,10 +84,28 @@ class SwapMixin:
         self.stats.count_vm_event("pgmajfault")
         return True
 
+    def _discard_lazyfree(self, mm, f, va: int, s: tuple[int, int]) -> int:
+        """try_to_unmap_one() on a lazy-free folio: clear and flush the PTE; if neither
+        it nor anyone's reference says the page was written since MADV_FREE, drop it
+        (the next read finds zeroes); else remap it, swap-backed again.  A PTE whose
+        dirty bit was lost is how a lazy-free page loses data (docs/collapse.md)."""
+        arch = self.arch
+        d = self.pt.clear_pte(mm, va)                    # ptep_clear_flush
+        self._flush(mm, va, va + PAGE_SIZE, PAGE_SHIFT, True)
+        if not arch.dirty(d) and f.refcount == f.mapcount():
+            self.folio_remove_rmap_ptes(f, mm, 0)         # the last mapping: freed
+            self.stats.count_vm_event("pglazyfreed")
+            self.bus.publish("emu_lazyfree_discard", 0, asid=mm.asid, va=va)
+            return 1
+        self.physmem.pgtables.write(s[0], s[1], d)       # redirtied: set_pte_at back
+        f.lazyfree = False                               # folio_set_swapbacked()
+        return 0
+
     def madvise_pageout(self, mm, start: int, end: int) -> int:
         """MADV_PAGEOUT: write exclusive anonymous small pages to swap; large folios the
-        range covers are split first (PMD-mapped ones after a PMD split).  Returns the
-        number of pages swapped out."""
+        range covers are split first (PMD-mapped ones after a PMD split).  Lazy-free
+        pages are dropped if clean, kept if written again.  Returns the number of pages
+        reclaimed."""
         arch, pt, store = self.arch, self.pt, self.physmem.pgtables
         n = 0
         for haddr in range(start & ~(PMD_SIZE - 1), end, PMD_SIZE):
@@ -110,6 +128,10 @@ class SwapMixin:
                 pt.unfold_partial(mm, fva, fva + (f.nr_pages << PAGE_SHIFT))
                 self.split_folio(f)
                 f = self.folio_of_pfn(arch.pfn(d))
+            if f.lazyfree:
+                n += self._discard_lazyfree(mm, f, va, s)
+                va += PAGE_SIZE
+                continue
             slot_no = self.swap.swap_out(int(self.physmem.version[f.pfn]))
             pt.clear_pte(mm, va)
             self._flush(mm, va, va + PAGE_SIZE, PAGE_SHIFT, True)

@@ -196,10 +196,10 @@ class UnmapMixin:
 
     def madvise_free(self, mm: MM, start: int, end: int, tlb: MmuGather | None = None) -> None:
         """MADV_FREE: mark exclusive anonymous folios lazy-free and their PTEs old and
-        clean; split large folios the range only partly covers.  No reclaim is
-        modelled, so the pages stay mapped (what a machine without memory pressure
-        shows).  Only entries that were young or dirty change, and only those join
-        ``tlb`` (madvise_free_pte_range, madvise_free_huge_pmd)."""
+        clean; split large folios the range only partly covers.  Reclaim runs only at
+        MADV_PAGEOUT (emu.kernel.swap), so the pages stay mapped (what a machine
+        without memory pressure shows).  Only entries that were young or dirty change,
+        and only those join ``tlb`` (madvise_free_pte_range, madvise_free_huge_pmd)."""
         pt, arch = self.pt, self.arch
         gather = MmuGather() if tlb is None else tlb
         addr = start
@@ -252,5 +252,7 @@ class UnmapMixin:
                     gather.tlb_flush_pte_range(va, self.page_size)
                 va += self.page_size
             addr = chunk_end
+        # the integrity oracle: pages not written again may be discarded by reclaim
+        self.bus.publish("emu_lazyfree", 0, asid=mm.asid, start=start, end=end)
         if tlb is None:
             self.tlb_finish_mmu(mm, gather)

@@ -43,7 +43,7 @@ from emu.kernel.vma import VM_DROPPABLE, VM_WRITE, VMA, vm_prot
 
 S = ScanResult
 PMD_MASK = ~(PMD_SIZE - 1)
-COLLAPSE_STRATEGIES = ("pmd", "pte", "unsafe-noflush")
+COLLAPSE_STRATEGIES = ("pmd", "pte", "unsafe-noflush", "unsafe-nonatomic")
 # A collapse as steps: yields the simulated time its next step begins, returns a result.
 Steps = Generator[int, None, ScanResult]
 KHUGEPAGED_MIN_MTHP_ORDER = 2
@@ -79,7 +79,9 @@ class CollapseControl:
     # How the collapse stops the other walkers (--collapse-strategy): "pmd" clears and
     # flushes the whole PMD (upstream); "pte" clears and flushes only the target PTEs,
     # keeping their values to restore; "unsafe-noflush" clears the PMD without any
-    # flush, to prove the integrity oracle.
+    # flush, to prove the integrity oracle; "unsafe-nonatomic" is "pte" with a plain
+    # read of the PTEs one step before a plain clear, so a hardware A/D update in
+    # between is lost (the race the atomic get-and-clear closes).
     strategy: str = "pmd"
     # Failure injection (tests): "isolate" fails the isolate step, "copy" the copy.
     fail_at: str | None = None
@@ -326,7 +328,7 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
     nr = 1 << order
     costs = cc.costs
     # PMD order replaces the table with a huge PMD, so it always detaches the table.
-    by_pte = cc.strategy == "pte" and order != PMD_ORDER
+    by_pte = cc.strategy in ("pte", "unsafe-nonatomic") and order != PMD_ORDER
 
     def mark(name: str, t0: int) -> None:
         att.steps.append((name, cc.now_ns - t0))
@@ -369,9 +371,18 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
     if result is S.SCAN_SUCCEED:
         yield cc.now_ns
         t = cc.now_ns
+        stale = None
+        if by_pte and cc.strategy == "unsafe-nonatomic":
+            # ptep_get() of each target PTE, then (a step later) a plain clear: the
+            # other CPUs' walkers may set A/D in between.
+            stale = [k.pt.get_pte(mm, address + (j << PAGE_SHIFT)) for j in range(nr)]
+            cc.step(costs.pmd_lock_ns)
+            mark("pte_read", t)
+            yield cc.now_ns
+            t = cc.now_ns
         cc.step(costs.mmu_notifier_ns + costs.pmd_lock_ns)
         if by_pte:
-            saved, flush_ns = ptep_collapse_flush(k, mm, address, nr, cc.strategy)
+            saved, flush_ns = ptep_collapse_flush(k, mm, address, nr, cc.strategy, stale)
         else:
             saved, flush_ns = pmdp_collapse_flush(k, mm, pmd_addr, cc.strategy)
         att.flush_ns = flush_ns if flush_ns else costs.flush_fallback_ns
@@ -462,15 +473,23 @@ def pmdp_collapse_flush(k: Any, mm: Any, pmd_addr: int,
              "flush": delta}, k.khugepaged.costs.flush_ns(delta))
 
 
-def ptep_collapse_flush(k: Any, mm: Any, address: int, nr: int,
-                        strategy: str) -> tuple[dict, int]:
+def ptep_collapse_flush(k: Any, mm: Any, address: int, nr: int, strategy: str,
+                        stale: list[int] | None = None) -> tuple[dict, int]:
     """The ``pte`` strategy: get-and-clear only the target range's PTEs in the table
     that stays attached, keeping every old value, and flush only that range (no page
-    table is detached, so no tlb_remove_table_sync_one)."""
+    table is detached, so no tlb_remove_table_sync_one).  With ``stale`` (the
+    unsafe-nonatomic variant) the values kept are those read earlier, not those the
+    clear removed."""
     pmd_addr = address & PMD_MASK
     first = (address - pmd_addr) >> PAGE_SHIFT
     table = k.pt.pte_table(mm, pmd_addr)
     old = [k.pt.clear_pte(mm, address + (j << PAGE_SHIFT)) for j in range(nr)]
+    if stale is not None:
+        lost = sum(1 for a, b in zip(old, stale, strict=True)
+                   if a and b and k.arch.dirty(a) and not k.arch.dirty(b))
+        if lost:
+            k.stats.count_vm_event("emu_collapse_dirty_lost", lost)
+        old = stale
     entries = k.physmem.pgtables.table(table).copy()     # what isolate and copy read
     entries[first:first + nr] = old
     end = address + (nr << PAGE_SHIFT)
