@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from emu.arch import PMD_SIZE, syscalls
+from emu.checker import Checker
 from emu.counting import PageCounts
 from emu.gup_agent import GupFastAgent
 from emu.kernel.thpmaps import mm_thpmaps, vma_census
@@ -86,6 +87,7 @@ class RunOptions:
     gup_fast_rate: float = 0.0
     gup_fast_pages: int = 16
     gup_fast_hold_ns: float = 10_000.0
+    check: bool = False        # the invariant checker (emu.checker) after every collapse step
 
 
 class Machine:
@@ -142,6 +144,9 @@ class Machine:
             bus.subscribe("emu_lazyfree_discard", lambda e: self.oracle.discard(
                 e.args["asid"], e.args["va"]))
             bus.subscribe("mm_collapse_huge_page", self._note_collapse)
+        self.checker: Checker | None = None
+        if self.options.check and kernel is not None and hw is not None:
+            self.checker = Checker(kernel, hw)
         self.gup_agent: GupFastAgent | None = None
         if kernel is not None:
             # steps due inside a GUP-fast walk's window run before its recheck
@@ -467,6 +472,9 @@ class Machine:
             self.sampler(self, force=True)
         if self.kernel is not None:
             self._unlock(proc.pid)                # exit_mmap waits for the mmap_lock too
+            if self.checker is not None:
+                self.checker.where = f"at the exit of pid {proc.pid}"
+                self.checker.check_all()
             mm = self.kernel.mm(proc.pid)
             proc.vmas = list(mm.vmas)
             if self.hw is not None:

@@ -58,6 +58,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oracle", action="store_true",
                    help="check every read against the guest's last write to its page (the"
                         " integrity oracle: lost writes and stale reads are reported)")
+    g.add_argument("--check", action="store_true",
+                   help="the invariant checker: after every collapse step, page tables,"
+                        " mapcounts, refcounts, frame owners, TLBs and counters agree; a"
+                        " violation stops the run (docs/collapse.md)")
     g.add_argument("--gup-fast-rate", type=float, default=0.0, metavar="N",
                    help="a synthetic GUP-fast user on its own CPU: N pins per simulated"
                         " second of populated anonymous memory, as O_DIRECT or io_uring"

@@ -137,6 +137,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
     args = plan.args
     options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
                          oracle=getattr(args, "oracle", False),
+                         check=getattr(args, "check", False),
                          gup_fast_rate=getattr(args, "gup_fast_rate", 0.0),
                          gup_fast_pages=getattr(args, "gup_fast_pages", 16),
                          gup_fast_hold_ns=getattr(args, "gup_fast_hold_us", 10.0) * 1e3,

@@ -22,6 +22,7 @@ Which syscalls pin with GUP-fast, and where emu can see the range, is data
 from __future__ import annotations
 
 import tomllib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -71,6 +72,7 @@ class Gup:
     def __init__(self, k: Any) -> None:
         self.k = k
         self.stats = GupStats()
+        self._pins: Counter[int] = Counter()   # folio head -> references held
         self.syscalls = _load_syscalls()
         self._u = uapi()
         self.gup_fast_ns = CollapseCosts.load().gup_fast_ns
@@ -150,6 +152,7 @@ class Gup:
                 fell_back_at = i
                 break
             pins.append(Pin(f.pfn))
+            self._pins[f.pfn] += 1
         st.gup_fast_pages += len(pins)
         waited = 0.0
         if fell_back_at is not None:
@@ -190,6 +193,7 @@ class Gup:
                 break                                     # -EFAULT for the rest
             f.refcount += 1
             pins.append(Pin(f.pfn))
+            self._pins[f.pfn] += 1
             st.gup_slow_pages += 1
         return pins, waited
 
@@ -197,10 +201,17 @@ class Gup:
         """Give the references back (a folio freed meanwhile is not tracked: emu frees
         anonymous folios at their last unmap, not at their last reference)."""
         for p in pins:
+            self._pins[p.folio_pfn] -= 1
+            if not self._pins[p.folio_pfn]:
+                del self._pins[p.folio_pfn]
             f = self.k.folios.get(p.folio_pfn)
             if f is not None and f.refcount > 0:
                 f.refcount -= 1
             self.stats.gup_unpinned += 1
+
+    def pins_held(self) -> int:
+        """References GUP holds now (the invariant checker's refcount allowance)."""
+        return sum(self._pins.values())
 
     # ------------------------------------------------------------------ syscalls
 

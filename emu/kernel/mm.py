@@ -36,6 +36,9 @@ class MM:
     locked_vma: object = None
     # The VA range whose entries a collapse has cleared and not yet re-installed.
     collapse_cleared: tuple[int, int] | None = None
+    # What that collapse cleared and keeps (the detached table, or the PTE values it
+    # would restore): the invariant checker counts those mappings too.
+    collapse_saved: dict | None = None
 
     @property
     def rss(self) -> int:

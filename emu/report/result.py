@@ -104,6 +104,9 @@ def build_result(machine: Any, binary: str, argv: list[str],
         o = machine.oracle
         result["integrity"] = {"checked_reads": o.checked_reads, "lost_writes": o.lost_writes,
                                "first": o.reports}
+    if machine.checker is not None:
+        result["check"] = {"step_checks": machine.checker.local_checks,
+                           "full_checks": machine.checker.full_checks, "violations": 0}
     if machine.kernel is not None and machine.hw is not None:
         result["gup"] = gup_section(machine)
         result["thpmaps"] = thpmaps_section(machine)

@@ -40,11 +40,17 @@ def recordings(tmp_path_factory):
 
 
 def replay(recordings, tmp_path, name, arch, strategy, size):
+    """One replay with the oracle, and the invariant checker where the strategy is safe
+    (it stops unsafe-noflush at its first stale TLB entry)."""
     out = tmp_path / f"{name}-{arch}-{strategy}-{size}.json"
-    emu("replay", "-q", "--oracle", "--json", str(out), "--khugepaged", "fast",
+    check = [] if strategy == "unsafe-noflush" else ["--check"]
+    emu("replay", "-q", "--oracle", *check, "--json", str(out), "--khugepaged", "fast",
         "--collapse-strategy", strategy, "--thp", "never", "--at-mark", SIZES[size],
         str(recordings[name, arch]))
-    return json.loads(out.read_text())
+    r = json.loads(out.read_text())
+    if check:
+        assert r["check"]["step_checks"] > 0 and r["check"]["full_checks"] > 0, r["check"]
+    return r
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -111,3 +117,17 @@ def test_gup_fast_falls_back_on_the_cleared_pmd_more_than_on_cleared_ptes(record
         assert r["integrity"]["lost_writes"] == 0
         got[strategy] = g
     assert got["pmd"]["gup_fast_fallbacks_collapse"] > got["pte"]["gup_fast_fallbacks_collapse"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_checker_stops_the_unsafe_strategy_with_one_line(recordings, tmp_path, arch):
+    """--check with unsafe-noflush: the first stale TLB entry to a freed frame stops the
+    run with one line naming the CPU, the frame and the collapse step, exit 2."""
+    p = subprocess.run([*EMU, "replay", "-q", "--check", "--khugepaged", "fast",
+                        "--collapse-strategy", "unsafe-noflush", "--thp", "never",
+                        "--at-mark", SIZES["64K"], str(recordings["threads", arch])],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert lines[0].startswith("emu: --check: CPU ") and "unsafe-noflush" in lines[0]

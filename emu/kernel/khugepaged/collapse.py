@@ -387,6 +387,7 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
             saved, flush_ns = pmdp_collapse_flush(k, mm, pmd_addr, cc.strategy)
         att.flush_ns = flush_ns if flush_ns else costs.flush_fallback_ns
         att.cleared = mm.collapse_cleared = saved["cleared"]
+        mm.collapse_saved = saved
         cc.step(att.flush_ns)
         cleared_at = t
         mark("pte_clear_flush" if by_pte else "pmdp_collapse_flush", t)
@@ -421,7 +422,7 @@ def collapse_huge_page(k: Any, mm: Any, address: int, referenced: int, unmapped:
             cc.step(costs.install_ns + costs.pmd_lock_ns)
             mark("install", t)
         att.pmd_cleared_ns = (cleared_at, cc.now_ns)
-        mm.collapse_cleared = None
+        mm.collapse_cleared = mm.collapse_saved = None
         cc.step(costs.mmap_lock_ns)                        # mmap_write_unlock
     if folio is not None:
         k.folio_free(folio)
@@ -538,8 +539,7 @@ def collapse_copy(k: Any, mm: Any, saved: dict, folio: Any, first: int, nr: int)
         f = k.folio_of_pfn(pfn)
         if f is not None:
             unmap.setdefault(f.pfn, []).append(pfn - f.pfn)
-    if saved["kind"] == "pmd":
-        tab[first:first + nr] = 0                         # ptep_clear on the detached table
+    tab[first:first + nr] = 0                             # ptep_clear: the sources are gone
     for head, pages in unmap.items():
         f = k.folios[head]
         for p in pages:

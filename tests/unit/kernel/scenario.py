@@ -21,6 +21,7 @@ import numpy as np
 from emu.arch import get_arch
 from emu.arch.profile import default_profile, load_profile
 from emu.arch.syscalls import uapi
+from emu.checker import Checker
 from emu.hw.hardware import Hardware
 from emu.kernel.config import ThpConfig, order_to_kb
 from emu.kernel.kernel import Kernel
@@ -58,7 +59,7 @@ class Scenario:
     """One machine: Kernel + Hardware + khugepaged, driven like a guest would."""
 
     def __init__(self, arch: str = "x86_64", algo: str = "v19", thp: ThpConfig | None = None,
-                 preset: str = "selftest", mib: int = 256) -> None:
+                 preset: str = "selftest", mib: int = 256, check: bool = True) -> None:
         physmem = PhysMem(mib << 20 >> PAGE_SHIFT)
         self.hw = Hardware(get_arch(arch), load_profile(default_profile(arch)), physmem,
                            NR_CPUS)
@@ -68,6 +69,8 @@ class Scenario:
         self.knobs = self.khugepaged.knobs
         self.bus = self.kernel.bus
         self.bus.keep = True                      # tests read the history
+        # --check is on in tests: after every collapse step the books must balance
+        self.checker = Checker(self.kernel, self.hw) if check else None
         self.madvise_records: list = []
         self.bus.subscribe("emu_madvise_collapse",
                            lambda e: self.madvise_records.append(e.args["record"]))
