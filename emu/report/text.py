@@ -139,6 +139,16 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         if integrity is not None:
             add(f"   integrity oracle: {integrity['checked_reads']:,} reads checked,"
                 f" {integrity['lost_writes']:,} saw a lost write or stale data")
+        check = result.get("check")
+        if check is not None:
+            add(f"   invariant checker: {check['step_checks']:,} step checks,"
+                f" {check['full_checks']:,} full checks, no violation")
+        gup = result.get("gup")
+        if gup and gup.get("gup_fast_attempts"):
+            add(f"   GUP-fast: {gup['gup_fast_attempts']:,} calls pinned"
+                f" {gup['gup_fast_pages']:,} pages locklessly; {gup['gup_fast_fallbacks']:,}"
+                f" fell back ({gup['gup_fast_fallbacks_collapse']:,} on a collapse's cleared"
+                f" entry), waiting {gup['gup_slow_wait_ns'] / 1e3:,.1f} us")
     elif kh and kh.get("madvise_collapse"):
         add("")
         add(" MADV_COLLAPSE (the khugepaged thread is off; --khugepaged runs it):")

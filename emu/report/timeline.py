@@ -22,6 +22,7 @@ from typing import Any
 KERNEL_PID = 0          # the model's kernel threads, shown as one process
 KHUGEPAGED_TID = 1
 FLUSH_TID = 2           # flushes with no calling vCPU (khugepaged's, exit's)
+GUP_TID = 3             # GUP-fast walks that fell back to the slow path
 
 
 def _us(t_ns: float) -> float:
@@ -47,7 +48,8 @@ class Timeline:
                          ("mm_khugepaged_scan_pmd", self._scan),
                          ("mm_collapse_huge_page", self._collapse),
                          ("emu_madvise_collapse", self._madvise),
-                         ("pr_warn_once", self._warn)):
+                         ("pr_warn_once", self._warn),
+                         ("emu_gup_fast_fallback", self._gup_fallback)):
             bus.subscribe(name, fn)
 
     # -- collecting -------------------------------------------------------------------
@@ -87,6 +89,13 @@ class Timeline:
         self._add({"name": "tlb flush", "cat": "flush", "ph": "i", "s": "t", "ts": _us(t),
                    "pid": pid, "tid": tid,
                    "args": {"pid": a["pid"], "range": what, "last_level": a["last_level"]}})
+
+    def _gup_fallback(self, e: Any) -> None:
+        a = e.args
+        why = "collapse" if a["collapse"] else "not pinnable"
+        self._add({"name": f"gup-fast fallback ({why})", "cat": "gup", "ph": "i", "s": "t",
+                   "ts": _us(e.t_ns), "pid": KERNEL_PID, "tid": GUP_TID,
+                   "args": {"pid": a["pid"], "address": hex(a["address"])}})
 
     def _scan(self, e: Any) -> None:
         a = e.args
@@ -177,7 +186,8 @@ class Timeline:
                          "args": {"name": name}})
         for pid, tid in sorted(self.tracks):
             if pid == KERNEL_PID:
-                name = {KHUGEPAGED_TID: "khugepaged", FLUSH_TID: "flushes"}.get(tid, str(tid))
+                name = {KHUGEPAGED_TID: "khugepaged", FLUSH_TID: "flushes",
+                        GUP_TID: "GUP-fast"}.get(tid, str(tid))
             else:
                 name = f"vCPU {tid}"
             meta.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
