@@ -115,6 +115,9 @@ class Machine:
         # and what was taken: {"mark", "instructions", **mm_thpmaps}.
         self.inspect_marks: set[int] = set()
         self.inspections: list[dict[str, Any]] = []
+        # What each CPU's TLBs held at those markers and when the last process exited
+        # (emu.hw.inspect): {"at", "cpus": [{"cpu", "tlbs"}]}.
+        self.tlb_inspections: list[dict[str, Any]] = []
         # Called at batch boundaries when set (emu.report's samplers); off by default.
         # (with force=True before a process's memory is torn down at exit)
         self.sampler: Callable[..., None] | None = None
@@ -385,6 +388,8 @@ class Machine:
             for p in sorted(self.kernel.mms):
                 snap = mm_thpmaps(self.kernel, self.kernel.mm(p), with_runs=True)
                 self.inspections.append({"mark": mark_id, "instructions": icount, **snap})
+            self._inspect_tlbs({"mark": mark_id, "instructions": icount, "pid": pid,
+                                "vcpu": vcpu})
         for action in self.mark_actions.get(mark_id, ()):
             action()
 
@@ -438,7 +443,16 @@ class Machine:
                 # What mapped each VMA at the end, before exit tears it down.
                 proc.mapped = [vma_census(self.kernel, mm, v.start, v.end) for v in proc.vmas]
                 proc.thpmaps = mm_thpmaps(self.kernel, mm, with_runs=True)
+                if all(p.exited for p in self.processes.values()):
+                    self._inspect_tlbs("exit")        # before exit_mm empties the tables
             self.kernel.exit_mm(proc.pid)
+
+    def _inspect_tlbs(self, at: Any) -> None:
+        """Every CPU that ran a guest thread: what its TLBs hold now."""
+        from emu.hw.inspect import cpu_tlbs
+        cpus = sorted({t.vcpu % self.hw.nr_cpus for t in self.all_threads})
+        self.tlb_inspections.append({"at": at, "cpus": [{"cpu": c, "tlbs": cpu_tlbs(self.hw, c)}
+                                                        for c in cpus]})
 
     def finish(self) -> None:
         """End of stream: processes that sent no exit record exit now."""

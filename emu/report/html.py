@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emu.report import maps
+from emu.report import maps, tlbs
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -58,6 +58,36 @@ def _mappings(snaps: list[dict[str, Any]]) -> str:
                        "</code></p>")
             out.append(_counters_table(v["counters"]))
         out.append("</details>")
+    return "\n".join(out)
+
+
+def _tlb_contents(snaps: list[dict[str, Any]]) -> str:
+    """Per inspection: reach per CPU and TLB array, then the entries as VA ranges."""
+    out = ["<h2>TLB contents</h2>",
+           "<p>What each CPU's TLB arrays held; reach is the bytes their valid entries map"
+           " (c: entries formed from several descriptors, arm64 contpte or AMD"
+           " coalescing).</p>"]
+    for snap in snaps:
+        out.append(f"<h3>{html.escape(tlbs.when(snap))}</h3>")
+        out.append("<table><tr><th>cpu</th><th>TLB</th><th>valid</th><th>entries</th>"
+                   "<th>reach</th><th>by page size</th></tr>")
+        for cpu, name, valid, cap, nbytes, text in tlbs.summary_rows(snap):
+            out.append(f'<tr><td>{cpu}</td><td class="k">{html.escape(name)}</td>'
+                       f"<td>{valid:,}</td><td>{cap:,}</td><td>{tlbs.kib(nbytes)}</td>"
+                       f'<td class="k">{html.escape(text)}</td></tr>')
+        out.append("</table>")
+        for c in snap["cpus"]:
+            for t in c["tlbs"]:
+                if not t["entries"]:
+                    continue
+                rows = "".join(
+                    f'<tr><td class="k">{a:016x}-{b:016x}</td><td>{size}</td><td>{n}</td>'
+                    f'<td>{asid}</td><td class="k">{flags}</td></tr>'
+                    for a, b, size, asid, flags, n in tlbs.ranges(t["entries"]))
+                out.append(f"<details><summary>cpu {c['cpu']} {html.escape(t['name'])}:"
+                           f" {t['valid']} entries</summary><table><tr><th>VA range</th>"
+                           "<th>size</th><th>entries</th><th>ASID</th><th>flags wxdc</th>"
+                           f"</tr>{rows}</table></details>")
     return "\n".join(out)
 
 
@@ -112,6 +142,8 @@ def write_report(directory: str, result: dict[str, Any] | None = None,
                     plots.save(plots.address_space(snap), str(p))
                     parts.append(_img(p))
                     pngs.append(p)
+        if result.get("tlb_contents"):
+            parts.append(_tlb_contents(result["tlb_contents"]))
         samples = result.get("samples")
         if samples and len(samples["samples"]) > 1:
             p = out / "over-time.png"

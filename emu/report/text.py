@@ -147,6 +147,11 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         from emu.report.maps import render as render_maps
         add("")
         add(render_maps(result["thpmaps"], verbose))
+    snaps = [t for t in result.get("tlb_contents") or () if verbose or t["at"] != "exit"]
+    if snaps:
+        from emu.report.tlbs import render as render_tlbs
+        add("")
+        add(render_tlbs(snaps, verbose))
     if not verbose:
         _short_tail(result, add)
     else:
