@@ -20,6 +20,7 @@ import numpy as np
 
 from emu.arch import PMD_SIZE, syscalls
 from emu.counting import PageCounts
+from emu.kernel.files import decode_path
 from emu.kernel.thpmaps import mm_thpmaps, vma_census
 from emu.oracle import Oracle
 from emu.report.khugepaged import CollapseLog
@@ -136,6 +137,10 @@ class Machine:
                                                                      e.args["child_asid"]))
             bus.subscribe("mm_collapse_huge_page", self._note_collapse)
         self.now_ns = 0.0
+        # A dynamic program's interpreter (ElfInfo), placed at its first fetch.
+        self.interp: Any = None
+        # Path records (EMU_PATH_NR) waiting for their open's SYSCALL, per (pid, vCPU).
+        self._paths: dict[tuple[int, int], list[bytes]] = {}
 
     # -- processes and threads -------------------------------------------------
 
@@ -149,7 +154,7 @@ class Machine:
                     self._unlock(parent)          # dup_mmap takes the parent's mmap_lock
                     self.kernel.fork(parent, pid)
                 else:
-                    self.kernel.exec_mm(pid, self.elf)
+                    self.kernel.exec_mm(pid, self.elf, interp=self.interp)
         return proc
 
     def _thread(self, pid: int, vcpu: int, icount: int) -> Thread:
@@ -400,11 +405,23 @@ class Machine:
         if nr == ev.EMU_MARK_NR:
             self._marker(pid, vcpu, args[0], self.threads[(pid, vcpu)].last_icount)
             return
+        if nr == ev.EMU_PATH_NR:
+            self._paths.setdefault((pid, vcpu), []).append(sc.tobytes()[8:])
+            return
+        if nr == ev.EMU_EXEC_NR:
+            if self.kernel is not None:
+                self.kernel.place_exec(pid, args[0], args[2])
+            return
         name = self.systab.name(nr)
-        self.syscall_log.append({"pid": pid, "vcpu": vcpu, "nr": nr, "name": name,
-                                 "args": list(args), "ret": ret,
-                                 "text": syscalls.decode(self.arch, nr, args, ret).text})
+        path = decode_path(self._paths.pop((pid, vcpu), []))
+        entry = {"pid": pid, "vcpu": vcpu, "nr": nr, "name": name, "args": list(args),
+                 "ret": ret, "text": syscalls.decode(self.arch, nr, args, ret).text}
+        if path is not None:
+            entry["path"] = path
+            entry["text"] += f'  "{path}"'
+        self.syscall_log.append(entry)
         if self.kernel is not None:
+            self.kernel.files.syscall(pid, name, args, ret, path)
             th = self.threads[(pid, vcpu)]
             if self.kernel.handles_syscall(name):      # it takes mmap_lock: a collapse
                 self._unlock(pid, th)                  # holding it makes it wait

@@ -57,6 +57,14 @@ def _elf_meta(elf: ElfInfo) -> dict[str, Any]:
     return d
 
 
+def interp_elf(elf: ElfInfo, sysroot: str) -> ElfInfo | None:
+    """A dynamic program's interpreter, from the sysroot QEMU uses (check_program
+    has checked it is there and loadable)."""
+    if elf.interp is None:
+        return None
+    return inspect_elf(os.path.join(sysroot, elf.interp.lstrip("/")))
+
+
 def _elf_from_meta(d: dict[str, Any]) -> ElfInfo:
     fields = {f.name for f in dataclasses.fields(ElfInfo)}
     kw = {k: v for k, v in d.items() if k in fields}
@@ -118,8 +126,10 @@ def plan_model(arch: str, args: argparse.Namespace) -> ModelPlan:
                      [s for s in from_file + from_cli if s.target == "khugepaged"])
 
 
-def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan) -> Machine:
-    """The Machine for these options (or for a plan made by plan_model)."""
+def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan,
+                  interp: ElfInfo | None = None) -> Machine:
+    """The Machine for these options (or for a plan made by plan_model); ``interp`` is
+    a dynamic program's interpreter, placed and named where QEMU loaded it."""
     from emu.kernel.kernel import Kernel
     from emu.machine import Machine, RunOptions
     from emu.mem import PhysMem
@@ -147,6 +157,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
                     khugepaged=knobs, algo=args.collapse_algo,
                     strategy=getattr(args, "collapse_strategy", "pmd"))
     machine = Machine(arch, elf, kernel=kernel, hw=hw, options=options)
+    machine.interp = interp
     machine.mark_actions = _mark_actions(plan.marks, machine)
     machine.inspect_marks = set(getattr(args, "inspect_at", None) or ())
     return machine
@@ -344,9 +355,11 @@ def run(args: argparse.Namespace) -> int:
     elf = inspect_elf(args.binary)
     sysroot = check_program(args.binary, elf.arch, elf.interp, args.sysroot)
     plan = plan_model(elf.arch, args)
+    interp = interp_elf(elf, sysroot)
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
-            "elf": _elf_meta(elf), "utlb": args.utlb}
+            "elf": _elf_meta(elf), "utlb": args.utlb,
+            "interp_elf": _elf_meta(interp) if interp else None}
     plugin_args = [f"utlb={args.utlb}"] if args.utlb else []
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     with Interrupt() as stop, GuestRun(args.binary, args.args, arch=elf.arch,
@@ -357,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
             # arrays): the stream's first events wait in memory meanwhile.
             guest.stream.prefetch()
             from emu.trace.reader import iter_batches
-            machine = build_machine(elf.arch, elf, plan)
+            machine = build_machine(elf.arch, elf, plan, interp)
             views = watch(machine, args)
             batches = iter_batches(guest.stream, record=args.record, force=args.force,
                                    meta=meta)
@@ -392,12 +405,13 @@ def replay(args: argparse.Namespace) -> int:
     meta = read_meta(args.trace)
     try:
         elf = _elf_from_meta(meta["elf"])
+        interp = _elf_from_meta(meta["interp_elf"]) if meta.get("interp_elf") else None
         arch, argv = meta["arch"], meta["argv"]
     except (KeyError, TypeError, ValueError):
         raise EmuError(f"{args.trace}: recording has no usable guest description") from None
     # The micro-TLB is part of what was recorded: replay models it as recorded.
     args.utlb = int(meta.get("utlb", 0))
-    machine = build_machine(arch, elf, args)
+    machine = build_machine(arch, elf, args, interp)
     views = watch(machine, args)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     cut: list[str] = []

@@ -52,6 +52,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,15 +108,23 @@ _Static_assert(sizeof(struct sysrec) == SYS_SIZE, "syscall layout");
 #define PAGE_MASK (~(uint64_t)0xfff)
 #define NO_KEY UINT64_MAX
 #define EMU_MARK_NR 0x656D75
+/* Pseudo-syscall records (docs/trace-format.md, "Names"): the path an open
+ * named, 56 bytes a record, just before its SYSCALL record; and where QEMU
+ * loaded the program (start_code, end_code, entry_code), once per exec. */
+#define EMU_PATH_NR 0x656D76
+#define EMU_EXEC_NR 0x656D77
+#define PATH_RECS 8
+#define PATH_CAP (PATH_RECS * 56)
 #define UTLB_MAX 256
 /* Record flag (word bit 4): accesses the micro-TLB absorbed; count only. */
 #define F_ABSORBED 0x10u
 #define MAX_VCPUS 65536
 
 /* ---- per-architecture syscall numbers the plugin must act on ---- */
-struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3, execve, execveat; };
-static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435, 59, 322 };
-static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435, 221, 281 };
+struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3, execve, execveat,
+                  open, openat, openat2; };
+static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435, 59, 322, 2, 257, 437 };
+static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435, 221, 281, -1, 56, 437 };
 static struct arch_nrs nrs;
 #define CLONE_VM 0x00000100
 
@@ -161,6 +170,8 @@ struct vcpu {
     bool active;
     int64_t sc_nr;
     uint64_t sc_args[6];
+    uint64_t sc_path[PATH_CAP / 8]; /* an open's path, read at entry */
+    size_t sc_path_len;
     struct utlb_ent utlb[UTLB_MAX];
     struct rec recs[MAX_REC];
     struct sysrec sys[MAX_SYS];
@@ -174,6 +185,7 @@ static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
 static int out_fd = -1;
 static uint32_t g_pid;
 static uint32_t g_parent;        /* 0 for the first process */
+static bool g_exec_sent;         /* EMU_EXEC_NR written (a fork child inherits it) */
 static bool g_started;           /* PROC_START emitted in this process */
 static int64_t g_exit_status = 0xffffffff; /* unknown unless exit/exit_group */
 static unsigned g_exit_vcpu;
@@ -828,6 +840,44 @@ static void put_syscall(struct vcpu *v, int64_t nr, const uint64_t *args, int64_
     v->nsys++;
 }
 
+/* The NUL-terminated string at guest address `ga`, up to PATH_CAP - 1 bytes.
+ * QEMU user-mode runs 64-bit guests with guest_base 0, so a guest address is
+ * one of this process's; process_vm_readv on ourselves reads it without
+ * faulting on a bad pointer (a read that fails names nothing). */
+static size_t read_guest_string(uint64_t ga, char *buf)
+{
+    size_t first = 4096 - (ga & 0xfff);
+    if (first > PATH_CAP)
+        first = PATH_CAP;
+    struct iovec local = { buf, PATH_CAP };
+    struct iovec remote[2] = { { (void *)(uintptr_t)ga, first },
+                               { (void *)(uintptr_t)(ga + first), PATH_CAP - first } };
+    ssize_t got = process_vm_readv(getpid(), &local, 1, remote, first < PATH_CAP ? 2 : 1, 0);
+    if (got <= 0)
+        return 0;
+    size_t n = strnlen(buf, (size_t)got);
+    return n < (size_t)got ? n : 0; /* no NUL within reach: too long, name nothing */
+}
+
+/* Names (docs/trace-format.md): pseudo-syscall records, off the hot path. */
+static void put_path(struct vcpu *v)
+{
+    const char *p = (const char *)v->sc_path;
+    for (size_t off = 0; off < v->sc_path_len; off += 56) {
+        struct sysrec r = { .nr = EMU_PATH_NR };
+        memcpy(r.args, p + off, 56); /* sc_path is zero-padded to PATH_CAP */
+        put_syscall(v, r.nr, r.args, r.ret);
+    }
+}
+
+static void put_exec(struct vcpu *v)
+{
+    g_exec_sent = true;
+    uint64_t a[6] = { qemu_plugin_start_code(), qemu_plugin_end_code(),
+                      qemu_plugin_entry_code(), 0, 0, 0 };
+    put_syscall(v, EMU_EXEC_NR, a, 0);
+}
+
 static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
                        uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
                        uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
@@ -840,6 +890,13 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
     v->sc_nr = nr;
     uint64_t args[6] = { a1, a2, a3, a4, a5, a6 };
     memcpy(v->sc_args, args, sizeof(args));
+    if (!g_exec_sent)
+        put_exec(v);
+    v->sc_path_len = 0;
+    if (nr == nrs.open || nr == nrs.openat || nr == nrs.openat2) {
+        memset(v->sc_path, 0, sizeof(v->sc_path));
+        v->sc_path_len = read_guest_string(nr == nrs.open ? a1 : a2, (char *)v->sc_path);
+    }
     if (nr == nrs.exit || nr == nrs.exit_group) {
         g_exit_status = (int64_t)(uint32_t)a1 & 0xff;
         g_exit_vcpu = vi;
@@ -916,6 +973,8 @@ static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int
             put_value(v, K_VCPU_START, 0);
         }
     }
+    if (v->sc_path_len && ret >= 0)
+        put_path(v);
     put_syscall(v, nr, v->sc_args, ret);
     publish_in_order(v);
 }

@@ -62,6 +62,12 @@ SYSCALL_REC = np.dtype([
 # emu_mark(id) is this syscall number on every architecture; no kernel uses it,
 # so a native run gets -ENOSYS and carries on (see guest/emu_mark.h).
 EMU_MARK_NR = 0x656D75
+# Pseudo-syscall records from the plugin (docs/trace-format.md, "Names"): 56 bytes
+# of the path an open names (args and ret, NUL-padded; several records for a long
+# path), just before that open's record; and QEMU's start_code, end_code and
+# entry_code of the program, once, at the first syscall.
+EMU_PATH_NR = 0x656D76
+EMU_EXEC_NR = 0x656D77
 
 
 @dataclass(frozen=True)
