@@ -12,6 +12,7 @@ vCPU index: processes time-share CPUs, told apart by their ASID.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,7 @@ class RunOptions:
     khugepaged: bool = False   # run the khugepaged thread (MADV_COLLAPSE works regardless)
     utlb: int = 0              # entries of the plugin's micro-TLB (0: none)
     oracle: bool = False       # check every read against the guest's last write
+    annotate: bool = False     # the stream has PC records: count misses etc. per instruction
 
 
 class Machine:
@@ -139,6 +141,8 @@ class Machine:
         self.now_ns = 0.0
         # A dynamic program's interpreter (ElfInfo), placed at its first fetch.
         self.interp: Any = None
+        # --annotate: per kind (emu.guest.annotate.KINDS), events per (pid, instruction).
+        self.annotations: dict[str, Counter[tuple[int, int]]] = {}
         # Path records (EMU_PATH_NR) waiting for their open's SYSCALL, per (pid, vCPU).
         self._paths: dict[tuple[int, int], list[bytes]] = {}
 
@@ -208,6 +212,7 @@ class Machine:
             if self.hw is not None and self.kernel is not None:
                 flags = col.flags[a:b]
                 icounts = events["icount"][lo + a:lo + b]
+                pcs = self._pcs(kinds, addrs) if self.options.annotate else None
                 start = 0
                 while start < b - a:
                     # Up to khugepaged's next step: the guest meets each state it leaves.
@@ -217,7 +222,8 @@ class Machine:
                     if self.options.utlb:
                         k_, a_, c_, i_ = self._absorbed(vcpu, flags[start:end], k_, a_, c_,
                                                         i_)
-                    self._translate(th, k_, a_, c_, i_)
+                    self._translate(th, k_, a_, c_, i_,
+                                    None if pcs is None else pcs[start:end])
                     if end < b - a:
                         self._run_khugepaged(int(icounts[end]) * self.options.ns_per_insn
                                              + th.stall_ns)
@@ -257,8 +263,33 @@ class Machine:
         keep = ~hit
         return kinds[keep], addrs[keep], counts[keep], icounts[keep]
 
+    @staticmethod
+    def _pcs(kinds: np.ndarray, addrs: np.ndarray) -> np.ndarray:
+        """Each record's instruction address: the PC record just before it (0: none)."""
+        pcs = np.zeros(len(kinds), dtype=np.uint64)
+        if len(kinds) > 1:
+            is_pc = kinds[:-1] == ev.PC
+            pcs[1:][is_pc] = addrs[:-1][is_pc]
+        return pcs
+
+    def _annotate(self, kind: str, pid: int, pcs: np.ndarray) -> None:
+        c = self.annotations.setdefault(kind, Counter())
+        for pc, n in zip(*np.unique(pcs, return_counts=True), strict=True):
+            c[(pid, int(pc))] += int(n)
+
+    def _annotate_misses(self, pid: int, miss: np.ndarray, pcs: np.ndarray,
+                         kinds: np.ndarray) -> None:
+        """Count the data-side L1 misses hw.run marked (1 L2 hit, 2 walk) by instruction
+        (instruction fetches carry no address of their own: not attributed)."""
+        hit = np.nonzero(miss * (kinds != ev.FETCH))[0]
+        if len(hit):
+            codes = miss[hit]
+            self._annotate("l2_hit", pid, pcs[hit[codes == 1]])
+            self._annotate("walk", pid, pcs[hit[codes == 2]])
+
     def _translate(self, th: Thread, kinds: np.ndarray, addrs: np.ndarray,
-                   counts: np.ndarray, icounts: np.ndarray) -> None:
+                   counts: np.ndarray, icounts: np.ndarray,
+                   pcs: np.ndarray | None = None) -> None:
         pid = th.pid
         mm = self.kernel.mm(pid)
         cpu = th.vcpu % self.hw.nr_cpus
@@ -269,10 +300,15 @@ class Machine:
         i, n = 0, len(kinds)
         oracle = self.oracle
         pfns = np.empty(n, dtype=np.int64) if oracle is not None else None
+        miss = np.zeros(n, dtype=np.int8) if pcs is not None else None
         retries = 0
         while i < n:
             at = i
-            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n, pfns)
+            if miss is not None:
+                miss[i] = 0           # a retried event: its faulted walk was counted apart
+            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n, pfns, miss)
+            if miss is not None and i > at:
+                self._annotate_misses(pid, miss[at:i], pcs[at:i], kinds[at:i])
             if oracle is not None and i > at:
                 for j in oracle.check(mm.asid, kinds, addrs, pfns, at, i):
                     self._report_lost(th, mm, int(addrs[j]), int(icounts[j]), int(pfns[j]))
@@ -290,6 +326,8 @@ class Machine:
                 # counts it on entry) waits until it is done; the access is tried again.
                 self.kernel.stats.count_vm_event("pgfault")
                 th.collapse_faults += 1
+                if pcs is not None:
+                    self._annotate("collapse_stall", pid, pcs[i:i + 1])
                 if cleared is not None:
                     th.collapse_tlb_hits += self._in_range(addrs[:i], cleared)
                     cleared = None
@@ -297,6 +335,8 @@ class Machine:
                 self._wait_for_collapse(th, mm, t + th.stall_ns)
                 retries = 0
                 continue
+            if pcs is not None and access != _ACCESS["fetch"]:
+                self._annotate("fault", pid, pcs[i:i + 1])
             if (retries >= MAX_FAULT_RETRIES
                     or not self.kernel.handle_mm_fault(pid, th.vcpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model

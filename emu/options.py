@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a per-vCPU micro-TLB of N entries (power of two, at most 256) in"
                           " the plugin, in front of the L1 TLB: far fewer events on programs"
                           " with locality, exact access counts (docs/trace-format.md)")
+    run.add_argument("--annotate", action="store_true",
+                     help="record each access run's instruction address (the plugin's pc=1;"
+                          " slower) and attribute TLB misses, walks, page faults and collapse"
+                          " stalls to instructions and functions, like perf annotate")
     run.add_argument("--sysroot", help="guest sysroot for dynamic binaries"
                      " (default: /usr/aarch64-linux-gnu for arm64, / for x86-64)")
     _model_args(run)

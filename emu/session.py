@@ -138,6 +138,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan,
     args = plan.args
     options = RunOptions(ns_per_insn=args.ns_per_insn, utlb=getattr(args, "utlb", 0),
                          oracle=getattr(args, "oracle", False),
+                         annotate=getattr(args, "annotate", False),
                          khugepaged=args.khugepaged != "off" and not args.no_hw)
     frac, order = plan.fragment
     physmem = PhysMem(plan.frames)
@@ -351,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
         raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")
+    if args.annotate and args.utlb:
+        raise EmuError("--annotate and --utlb: give one (a micro-TLB hit has no instruction"
+                       " address in the stream)")
     args.binary = resolve_binary(args.binary)
     elf = inspect_elf(args.binary)
     sysroot = check_program(args.binary, elf.arch, elf.interp, args.sysroot)
@@ -359,8 +363,10 @@ def run(args: argparse.Namespace) -> int:
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
             "elf": _elf_meta(elf), "utlb": args.utlb,
-            "interp_elf": _elf_meta(interp) if interp else None}
-    plugin_args = [f"utlb={args.utlb}"] if args.utlb else []
+            "interp_elf": _elf_meta(interp) if interp else None,
+            "pc": args.annotate, "sysroot": sysroot}
+    plugin_args = ([f"utlb={args.utlb}"] if args.utlb else []) + \
+        (["pc=1"] if args.annotate else [])
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     with Interrupt() as stop, GuestRun(args.binary, args.args, arch=elf.arch,
                                         sysroot=sysroot, plugin_args=plugin_args) as guest:
@@ -390,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
+    _annotate(result, machine, sysroot)
     _finish_result(result, args, stop)
     _write_views(args, result, views, machine)
     _write_outputs(args, result)
@@ -411,6 +418,7 @@ def replay(args: argparse.Namespace) -> int:
         raise EmuError(f"{args.trace}: recording has no usable guest description") from None
     # The micro-TLB is part of what was recorded: replay models it as recorded.
     args.utlb = int(meta.get("utlb", 0))
+    args.annotate = bool(meta.get("pc", False))      # PC records are in the recording
     machine = build_machine(arch, elf, args, interp)
     views = watch(machine, args)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
@@ -423,10 +431,20 @@ def replay(args: argparse.Namespace) -> int:
     statuses = [p.exit_status for p in sorted(machine.processes.values(), key=lambda p: p.pid)]
     from emu.report.result import build_result
     result = build_result(machine, argv[0], argv, statuses[0] if statuses else None)
+    _annotate(result, machine, meta.get("sysroot") or "/")
     _finish_result(result, args, stop, cut=bool(cut))
     _write_views(args, result, views, machine)
     _write_outputs(args, result)
     return 130 if stop.requested else 0
+
+
+def _annotate(result: dict[str, Any], machine: Machine, sysroot: str) -> None:
+    """--annotate: the instructions behind misses, walks, faults and stalls, named."""
+    if not machine.options.annotate or machine.hw is None:
+        return
+    from emu.guest.annotate import annotate
+    vmas = {p.pid: p.vmas for p in machine.processes.values()}
+    result["annotate"] = annotate(machine.annotations, vmas, machine.arch, sysroot)
 
 
 def _finish_result(result: dict[str, Any], args: argparse.Namespace, stop: Interrupt,

@@ -36,7 +36,9 @@
  * Arguments: out=PATH (required); ringfd=N (the ring, see above); utlb=N (direct-mapped micro-TLB entries, a
  * power of two up to 256; 0 = off, the default); icount=tb (default: exact
  * per-vCPU counts and fetch pages from a TB callback) or icount=inline (a
- * process-wide inline counter, fetch pages seen only at data accesses).
+ * process-wide inline counter, fetch pages seen only at data accesses);
+ * pc=1 (off by default): each access record is preceded by a PC record, the
+ * address of the instruction that started the run (docs/trace-format.md).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -72,7 +74,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define SYS_SIZE 64
 
 enum kind { K_READ, K_WRITE, K_FETCH, K_SYSCALL, K_VCPU_START, K_VCPU_EXIT,
-            K_MARK, K_PROC_START, K_PROC_EXIT };
+            K_MARK, K_PROC_START, K_PROC_EXIT, K_PC };
 
 struct chunk_hdr {
     uint32_t magic;
@@ -170,6 +172,7 @@ struct vcpu {
     bool active;
     int64_t sc_nr;
     uint64_t sc_args[6];
+    uint64_t run_pc;     /* pc=1: the instruction that started the current run */
     uint64_t sc_path[PATH_CAP / 8]; /* an open's path, read at entry */
     size_t sc_path_len;
     struct utlb_ent utlb[UTLB_MAX];
@@ -195,6 +198,7 @@ static bool g_batch = true; /* solo process: batch chunks into OUT_BYTES writes 
 /* icount=inline: one process-wide counter bumped by an inline op per TB
  * instead of a per-vCPU TB callback (see docs/trace-format.md). */
 static bool icount_inline;
+static bool pc_mode; /* pc=1: PC records (the memory callback logs the insn address) */
 static uint64_t g_icount;
 
 /* ---- the shared-memory ring (ringfd=N); emu/guest/ring.py is the reader ----
@@ -492,10 +496,20 @@ static void utlb_drain(struct vcpu *v)
 }
 
 /* End the current same-page run: everything else is ordered after it. */
+static void put_pc(struct vcpu *v, uint64_t pc, uint64_t icount)
+{
+    /* The PC and its access record share a chunk: room for both first. */
+    if (chunk_bytes(v->nrec + 2, v->nsys) > CHUNK_MAX)
+        flush_chunk(v);
+    put(v, (pc << 12) | K_PC, 1, icount);
+}
+
 static void close_run(struct vcpu *v)
 {
     if (v->key == NO_KEY)
         return;
+    if (pc_mode)
+        put_pc(v, v->run_pc, v->run_icount);
     put_access(v, v->key, v->count, v->run_icount);
     v->key = NO_KEY;
 }
@@ -507,9 +521,54 @@ static void close_run(struct vcpu *v)
  * syscalls, markers and vCPU events.  The run is kept in registers; GCC
  * otherwise packs such locals into SSE registers through the stack, a
  * store-forwarding chain per word that perf put at a third of the drain. */
+/* pc=1: the log holds (pc, L_PC_MARK) before each (access, icount) pair. */
+#define L_PC_MARK UINT64_MAX
+static __attribute__((noinline)) void drain_pc(struct vcpu *v)
+{
+    const uint64_t *p = v->log, *end = v->lp;
+    uint64_t key = v->key, count = v->count, run_ic = v->run_icount, pc = 0;
+    uint64_t run_pc = v->run_pc;
+    v->lp = v->log;
+    for (; p < end; p += 2) {
+        uint64_t w = p[0], x = p[1];
+        if (x == L_PC_MARK) {
+            pc = w;
+            continue;
+        }
+        uint64_t k = (w & PAGE_MASK) | ((w & L_STORE) >> 1);
+        if (w & L_FETCH) {
+            if (key != NO_KEY) {
+                put_pc(v, run_pc, run_ic);
+                put_access(v, key, count, run_ic);
+            }
+            key = NO_KEY;
+            put(v, (w & PAGE_MASK) | K_FETCH, 1, x);
+        } else if (k == key) {
+            count++;
+        } else {
+            if (key != NO_KEY) {
+                put_pc(v, run_pc, run_ic);
+                put_access(v, key, count, run_ic);
+            }
+            key = k;
+            count = 1;
+            run_ic = x;
+            run_pc = pc;
+        }
+    }
+    v->key = key;
+    v->count = count;
+    v->run_icount = run_ic;
+    v->run_pc = run_pc;
+}
+
 __attribute__((optimize("no-tree-slp-vectorize")))
 static __attribute__((noinline)) void drain(struct vcpu *v)
 {
+    if (unlikely(pc_mode)) {
+        drain_pc(v);
+        return;
+    }
     const uint64_t *p = v->log, *end = v->lp;
     uint64_t key = v->key, count = v->count, run_ic = v->run_icount;
     const bool utlb = utlb_n != 0;
@@ -704,6 +763,19 @@ static void on_mem(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, voi
     log_access(vcpus[vi], (va & PAGE_MASK) | ((info >> MEMINFO_RW_SHIFT) & L_STORE));
 }
 
+/* pc=1: the instruction's address (userdata) goes into the log before the access. */
+static void on_mem_pc(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    struct vcpu *v = vcpus[vi];
+    uint64_t *p = v->lp;
+    p[0] = (uint64_t)(uintptr_t)ud;
+    p[1] = L_PC_MARK;
+    v->lp = p + 2;
+    uint64_t store = meminfo_direct ? (info >> MEMINFO_RW_SHIFT) & L_STORE
+                                    : (qemu_plugin_mem_is_store(info) ? L_STORE : 0);
+    log_access(v, (va & PAGE_MASK) | store);
+}
+
 static void on_mem_api(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
 {
     (void)ud;
@@ -815,8 +887,9 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        void *ud = pc_mode ? (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn) : NULL;
         qemu_plugin_register_vcpu_mem_cb(insn, mem_cb, QEMU_PLUGIN_CB_NO_REGS,
-                                         QEMU_PLUGIN_MEM_RW, NULL);
+                                         QEMU_PLUGIN_MEM_RW, ud);
     }
 }
 
@@ -1032,6 +1105,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             icount_inline = true;
         } else if (strcmp(argv[i], "icount=tb") == 0) {
             icount_inline = false;
+        } else if (strcmp(argv[i], "pc=1") == 0) {
+            pc_mode = true;
+        } else if (strcmp(argv[i], "pc=0") == 0) {
+            pc_mode = false;
         } else {
             fprintf(stderr, "emu plugin: unknown argument '%s'\n", argv[i]);
             return -1;
@@ -1074,6 +1151,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     }
     if (utlb_n)
         mem_cb = on_mem_utlb;
+    if (pc_mode && (utlb_n || icount_inline)) {
+        fprintf(stderr, "emu plugin: pc=1 works with icount=tb and without utlb\n");
+        return -1;
+    }
+    if (pc_mode)
+        mem_cb = on_mem_pc;
 
     qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, on_vcpu_exit);

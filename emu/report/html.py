@@ -142,6 +142,9 @@ def write_report(directory: str, result: dict[str, Any] | None = None,
                     plots.save(plots.address_space(snap), str(p))
                     parts.append(_img(p))
                     pngs.append(p)
+        if result.get("annotate"):
+            from emu.report.annotate import html_section
+            parts.append(html_section(result["annotate"]))
         if result.get("tlb_contents"):
             parts.append(_tlb_contents(result["tlb_contents"]))
         samples = result.get("samples")

@@ -171,6 +171,10 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         from emu.report.maps import render as render_maps
         add("")
         add(render_maps(result["thpmaps"], verbose))
+    if result.get("annotate"):
+        from emu.report.annotate import render as render_annotate
+        add("")
+        add(render_annotate(result["annotate"]))
     snaps = [t for t in result.get("tlb_contents") or () if verbose or t["at"] != "exit"]
     if snaps:
         from emu.report.tlbs import render as render_tlbs

@@ -19,6 +19,8 @@ MARK          the guest called emu_mark(``addr``).
 PROC_START    the first event of process ``pid``; ``addr`` is the parent pid
               (0 for the first process).
 PROC_EXIT     the last event of process ``pid``; ``addr`` is the exit status.
+PC            (recorded with --annotate) ``addr`` is the address of the instruction
+              whose access started the READ/WRITE record that follows it.
 
 ``icount`` is the number of instructions the vCPU had retired at the event
 (exact at translation-block granularity).
@@ -37,9 +39,10 @@ VCPU_EXIT = 5
 MARK = 6
 PROC_START = 7
 PROC_EXIT = 8
+PC = 9          # only with `run --annotate`: the instruction address of the next access record
 
 KIND_NAMES = ("read", "write", "fetch", "syscall", "vcpu_start", "vcpu_exit",
-              "mark", "proc_start", "proc_exit")
+              "mark", "proc_start", "proc_exit", "pc")
 
 PAGE_SHIFT = 12
 
