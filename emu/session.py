@@ -296,9 +296,19 @@ class _Progress:
         secs = max(now - self.start, 1e-9)
         line = (f"emu: {insns:,} guest instructions ({insns / secs / 1e6:,.1f} M/s),"
                 f" {machine.nr_events:,} events ({machine.nr_events / secs / 1e3:,.0f} k/s),"
-                f" {secs:.1f} s")
+                f" {secs:.1f} s{_model_progress(machine)}")
         sys.stderr.write("\r\x1b[2K" + line + ("\n" if done else ""))
         sys.stderr.flush()
+
+
+def _model_progress(machine: Machine) -> str:
+    """What the model has seen so far: simulated time, page faults, PMD collapses."""
+    if machine.kernel is None:
+        return ""
+    vm = machine.kernel.stats.vmstat
+    text = f"; simulated {machine.now_ns / 1e6:,.3f} ms, {vm.get('pgfault', 0):,} page faults"
+    collapsed = vm.get("thp_collapse_alloc", 0)
+    return text + (f", thp_collapse_alloc {collapsed:,}" if collapsed else "")
 
 
 def consume(machine: Machine, batches: Iterable[Batch], progress: _Progress,

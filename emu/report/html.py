@@ -1,6 +1,7 @@
 """`--report DIR`: one self-contained HTML file (images inlined) and its PNGs.
 
-The page holds what the text summary says, the thpmaps tables, the plots and,
+The page holds what the text summary says, the thpmaps tables, the TLB contents,
+the attribution (with --annotate), the plots and,
 from `emu compare`, the comparison; every number is taken from the same
 result dict the JSON is, so the two agree.
 """
@@ -134,6 +135,12 @@ def write_report(directory: str, result: dict[str, Any] | None = None,
         snaps = result.get("thpmaps") or []
         if snaps:
             parts.append(_mappings(snaps))
+        if result.get("tlb_contents"):
+            parts.append(_tlb_contents(result["tlb_contents"]))
+        if result.get("annotate"):
+            from emu.report.annotate import html_section
+            parts.append(html_section(result["annotate"]))
+        if snaps:
             parts.append("<h2>Plots</h2>")
             for snap in snaps:
                 if snap.get("runs"):
@@ -142,11 +149,6 @@ def write_report(directory: str, result: dict[str, Any] | None = None,
                     plots.save(plots.address_space(snap), str(p))
                     parts.append(_img(p))
                     pngs.append(p)
-        if result.get("annotate"):
-            from emu.report.annotate import html_section
-            parts.append(html_section(result["annotate"]))
-        if result.get("tlb_contents"):
-            parts.append(_tlb_contents(result["tlb_contents"]))
         samples = result.get("samples")
         if samples and len(samples["samples"]) > 1:
             p = out / "over-time.png"

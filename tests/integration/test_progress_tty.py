@@ -40,6 +40,7 @@ def test_progress_line_on_a_terminal_only() -> None:
     assert p.returncode == 0
     tty = b"".join(chunks).decode(errors="replace")
     assert "\x1b[2K" in tty and "guest instructions" in tty and "events" in tty
+    assert "page faults" in tty and "simulated" in tty
     assert " Performance counter stats for" in tty
     piped = subprocess.run([*EMU, "run", "--", guest("x86_64", "sparse"), "-i", "2000"],
                            capture_output=True, text=True, cwd=REPO, timeout=300)
