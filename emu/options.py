@@ -62,8 +62,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", metavar="FILE",
                    help="write the results as JSON to FILE, or to standard output with -")
     o.add_argument("--inspect-at", action="append", type=lambda x: int(x, 0), default=[],
-                   metavar="MARK", help="also take thpmaps of every process when the guest"
-                   " calls emu_mark(MARK) (repeatable)")
+                   metavar="MARK", help="also take thpmaps of every process and read out every"
+                   " CPU's TLBs when the guest calls emu_mark(MARK) (repeatable)")
     o.add_argument("--timeline", metavar="FILE",
                    help="write a Perfetto/chrome://tracing timeline (trace-event JSON)")
     o.add_argument("--report", metavar="DIR",

@@ -51,3 +51,15 @@ def test_reach_and_ranges_pure() -> None:
     assert summary_rows(snap)[0][5] == "4k 3 (12 kB), 64k 1 c1 (64 kB)"
     text = render([snap], verbose=True)
     assert "at emu_mark(2) [1:0]" in text and "0000000000010000-0000000000020000" in text
+
+
+def test_amd_coalesced_entry_is_one_16k_entry() -> None:
+    """zen4 coalesces 4 accessed adjacent PTEs into one 16K entry: read out as such."""
+    m = make("x86_64", "zen4")
+    m.b.map_range(BASE, 0x1000, 4 << 12, RW)
+    pages = events([BASE + (i << 12) for i in range(4)])
+    m.hw.run(0, 1, m.root, *pages)       # sets the accessed bits; the group forms on refill
+    m.hw.flush_all()
+    m.hw.run(0, 1, m.root, *pages)
+    held = [e for t in cpu_tlbs(m.hw, 0) for e in t["entries"]]
+    assert held and all(e[:4] == [BASE, "16k", 1, 0x1000] and e[4][-1] == "c" for e in held)
