@@ -12,7 +12,6 @@ vCPU index: processes time-share CPUs, told apart by their ASID.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from emu.counting import PageCounts
 from emu.kernel.files import decode_path
 from emu.kernel.thpmaps import mm_thpmaps, vma_census
 from emu.oracle import Oracle
+from emu.pcs import PcCounts, record_pcs
 from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
 from emu.trace.columns import Columns
@@ -142,7 +142,7 @@ class Machine:
         # A dynamic program's interpreter (ElfInfo), placed at its first fetch.
         self.interp: Any = None
         # --annotate: per kind (emu.guest.annotate.KINDS), events per (pid, instruction).
-        self.annotations: dict[str, Counter[tuple[int, int]]] = {}
+        self.annotations = PcCounts()
         # Path records (EMU_PATH_NR) waiting for their open's SYSCALL, per (pid, vCPU).
         self._paths: dict[tuple[int, int], list[bytes]] = {}
 
@@ -212,7 +212,7 @@ class Machine:
             if self.hw is not None and self.kernel is not None:
                 flags = col.flags[a:b]
                 icounts = events["icount"][lo + a:lo + b]
-                pcs = self._pcs(kinds, addrs) if self.options.annotate else None
+                pcs = record_pcs(kinds, addrs) if self.options.annotate else None
                 start = 0
                 while start < b - a:
                     # Up to khugepaged's next step: the guest meets each state it leaves.
@@ -263,30 +263,6 @@ class Machine:
         keep = ~hit
         return kinds[keep], addrs[keep], counts[keep], icounts[keep]
 
-    @staticmethod
-    def _pcs(kinds: np.ndarray, addrs: np.ndarray) -> np.ndarray:
-        """Each record's instruction address: the PC record just before it (0: none)."""
-        pcs = np.zeros(len(kinds), dtype=np.uint64)
-        if len(kinds) > 1:
-            is_pc = kinds[:-1] == ev.PC
-            pcs[1:][is_pc] = addrs[:-1][is_pc]
-        return pcs
-
-    def _annotate(self, kind: str, pid: int, pcs: np.ndarray) -> None:
-        c = self.annotations.setdefault(kind, Counter())
-        for pc, n in zip(*np.unique(pcs, return_counts=True), strict=True):
-            c[(pid, int(pc))] += int(n)
-
-    def _annotate_misses(self, pid: int, miss: np.ndarray, pcs: np.ndarray,
-                         kinds: np.ndarray) -> None:
-        """Count the data-side L1 misses hw.run marked (1 L2 hit, 2 walk) by instruction
-        (instruction fetches carry no address of their own: not attributed)."""
-        hit = np.nonzero(miss * (kinds != ev.FETCH))[0]
-        if len(hit):
-            codes = miss[hit]
-            self._annotate("l2_hit", pid, pcs[hit[codes == 1]])
-            self._annotate("walk", pid, pcs[hit[codes == 2]])
-
     def _translate(self, th: Thread, kinds: np.ndarray, addrs: np.ndarray,
                    counts: np.ndarray, icounts: np.ndarray,
                    pcs: np.ndarray | None = None) -> None:
@@ -308,7 +284,7 @@ class Machine:
                 miss[i] = 0           # a retried event: its faulted walk was counted apart
             i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n, pfns, miss)
             if miss is not None and i > at:
-                self._annotate_misses(pid, miss[at:i], pcs[at:i], kinds[at:i])
+                self.annotations.add_misses(pid, miss[at:i], pcs[at:i], kinds[at:i])
             if oracle is not None and i > at:
                 for j in oracle.check(mm.asid, kinds, addrs, pfns, at, i):
                     self._report_lost(th, mm, int(addrs[j]), int(icounts[j]), int(pfns[j]))
@@ -327,7 +303,7 @@ class Machine:
                 self.kernel.stats.count_vm_event("pgfault")
                 th.collapse_faults += 1
                 if pcs is not None:
-                    self._annotate("collapse_stall", pid, pcs[i:i + 1])
+                    self.annotations.add("collapse_stall", pid, pcs[i:i + 1])
                 if cleared is not None:
                     th.collapse_tlb_hits += self._in_range(addrs[:i], cleared)
                     cleared = None
@@ -336,7 +312,7 @@ class Machine:
                 retries = 0
                 continue
             if pcs is not None and access != _ACCESS["fetch"]:
-                self._annotate("fault", pid, pcs[i:i + 1])
+                self.annotations.add("fault", pid, pcs[i:i + 1])
             if (retries >= MAX_FAULT_RETRIES
                     or not self.kernel.handle_mm_fault(pid, th.vcpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model

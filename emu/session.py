@@ -454,7 +454,7 @@ def _annotate(result: dict[str, Any], machine: Machine, sysroot: str) -> None:
         return
     from emu.guest.annotate import annotate
     vmas = {p.pid: p.vmas for p in machine.processes.values()}
-    result["annotate"] = annotate(machine.annotations, vmas, machine.arch, sysroot)
+    result["annotate"] = annotate(machine.annotations.counts, vmas, machine.arch, sysroot)
 
 
 def _finish_result(result: dict[str, Any], args: argparse.Namespace, stop: Interrupt,
