@@ -22,8 +22,10 @@ from emu.arch import PMD_SIZE, syscalls
 from emu.checker import Checker
 from emu.counting import PageCounts
 from emu.gup_agent import GupFastAgent
+from emu.kernel.files import decode_path
 from emu.kernel.thpmaps import mm_thpmaps, vma_census
 from emu.oracle import Oracle
+from emu.pcs import PcCounts, record_pcs
 from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
 from emu.trace.columns import Columns
@@ -88,6 +90,7 @@ class RunOptions:
     gup_fast_pages: int = 16
     gup_fast_hold_ns: float = 10_000.0
     check: bool = False        # the invariant checker (emu.checker) after every collapse step
+    annotate: bool = False     # the stream has PC records: count misses etc. per instruction
 
 
 class Machine:
@@ -123,6 +126,9 @@ class Machine:
         # and what was taken: {"mark", "instructions", **mm_thpmaps}.
         self.inspect_marks: set[int] = set()
         self.inspections: list[dict[str, Any]] = []
+        # What each CPU's TLBs held at those markers and when the last process exited
+        # (emu.hw.inspect): {"at", "cpus": [{"cpu", "tlbs"}]}.
+        self.tlb_inspections: list[dict[str, Any]] = []
         # Called at batch boundaries when set (emu.report's samplers); off by default.
         # (with force=True before a process's memory is torn down at exit)
         self.sampler: Callable[..., None] | None = None
@@ -156,6 +162,12 @@ class Machine:
                                               self.options.gup_fast_pages,
                                               self.options.gup_fast_hold_ns)
         self.now_ns = 0.0
+        # A dynamic program's interpreter (ElfInfo), placed at its first fetch.
+        self.interp: Any = None
+        # --annotate: per kind (emu.guest.annotate.KINDS), events per (pid, instruction).
+        self.annotations = PcCounts()
+        # Path records (EMU_PATH_NR) waiting for their open's SYSCALL, per (pid, vCPU).
+        self._paths: dict[tuple[int, int], list[bytes]] = {}
 
     # -- processes and threads -------------------------------------------------
 
@@ -169,7 +181,7 @@ class Machine:
                     self._unlock(parent)          # dup_mmap takes the parent's mmap_lock
                     self.kernel.fork(parent, pid)
                 else:
-                    self.kernel.exec_mm(pid, self.elf)
+                    self.kernel.exec_mm(pid, self.elf, interp=self.interp)
         return proc
 
     def _thread(self, pid: int, vcpu: int, icount: int) -> Thread:
@@ -223,6 +235,7 @@ class Machine:
             if self.hw is not None and self.kernel is not None:
                 flags = col.flags[a:b]
                 icounts = events["icount"][lo + a:lo + b]
+                pcs = record_pcs(kinds, addrs) if self.options.annotate else None
                 start = 0
                 while start < b - a:
                     # Up to khugepaged's next step: the guest meets each state it leaves.
@@ -232,7 +245,8 @@ class Machine:
                     if self.options.utlb:
                         k_, a_, c_, i_ = self._absorbed(vcpu, flags[start:end], k_, a_, c_,
                                                         i_)
-                    self._translate(th, k_, a_, c_, i_)
+                    self._translate(th, k_, a_, c_, i_,
+                                    None if pcs is None else pcs[start:end])
                     if end < b - a:
                         self._run_actors(int(icounts[end]) * self.options.ns_per_insn
                                          + th.stall_ns)
@@ -290,7 +304,8 @@ class Machine:
         return kinds[keep], addrs[keep], counts[keep], icounts[keep]
 
     def _translate(self, th: Thread, kinds: np.ndarray, addrs: np.ndarray,
-                   counts: np.ndarray, icounts: np.ndarray) -> None:
+                   counts: np.ndarray, icounts: np.ndarray,
+                   pcs: np.ndarray | None = None) -> None:
         pid = th.pid
         mm = self.kernel.mm(pid)
         cpu = th.vcpu % self.hw.nr_cpus
@@ -301,10 +316,15 @@ class Machine:
         i, n = 0, len(kinds)
         oracle = self.oracle
         pfns = np.empty(n, dtype=np.int64) if oracle is not None else None
+        miss = np.zeros(n, dtype=np.int8) if pcs is not None else None
         retries = 0
         while i < n:
             at = i
-            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n, pfns)
+            if miss is not None:
+                miss[i] = 0           # a retried event: its faulted walk was counted apart
+            i = self.hw.run(cpu, mm.asid, mm.pgd_pfn, kinds, addrs, counts, i, n, pfns, miss)
+            if miss is not None and i > at:
+                self.annotations.add_misses(pid, miss[at:i], pcs[at:i], kinds[at:i])
             if oracle is not None and i > at:
                 for j in oracle.check(mm.asid, kinds, addrs, pfns, at, i):
                     self._report_lost(th, mm, int(addrs[j]), int(icounts[j]), int(pfns[j]))
@@ -322,6 +342,8 @@ class Machine:
                 # counts it on entry) waits until it is done; the access is tried again.
                 self.kernel.stats.count_vm_event("pgfault")
                 th.collapse_faults += 1
+                if pcs is not None:
+                    self.annotations.add("collapse_stall", pid, pcs[i:i + 1])
                 if cleared is not None:
                     th.collapse_tlb_hits += self._in_range(addrs[:i], cleared)
                     cleared = None
@@ -329,6 +351,8 @@ class Machine:
                 self._wait_for_collapse(th, mm, t + th.stall_ns)
                 retries = 0
                 continue
+            if pcs is not None and access != _ACCESS["fetch"]:
+                self.annotations.add("fault", pid, pcs[i:i + 1])
             if (retries >= MAX_FAULT_RETRIES
                     or not self.kernel.handle_mm_fault(pid, th.vcpu, f.va, access, f.reason)):
                 # QEMU performed this access, so the guest was allowed it: the model
@@ -424,6 +448,8 @@ class Machine:
             for p in sorted(self.kernel.mms):
                 snap = mm_thpmaps(self.kernel, self.kernel.mm(p), with_runs=True)
                 self.inspections.append({"mark": mark_id, "instructions": icount, **snap})
+            self._inspect_tlbs({"mark": mark_id, "instructions": icount, "pid": pid,
+                                "vcpu": vcpu})
         for action in self.mark_actions.get(mark_id, ()):
             action()
 
@@ -434,11 +460,23 @@ class Machine:
         if nr == ev.EMU_MARK_NR:
             self._marker(pid, vcpu, args[0], self.threads[(pid, vcpu)].last_icount)
             return
+        if nr == ev.EMU_PATH_NR:
+            self._paths.setdefault((pid, vcpu), []).append(sc.tobytes()[8:])
+            return
+        if nr == ev.EMU_EXEC_NR:
+            if self.kernel is not None:
+                self.kernel.place_exec(pid, args[0], args[2])
+            return
         name = self.systab.name(nr)
-        self.syscall_log.append({"pid": pid, "vcpu": vcpu, "nr": nr, "name": name,
-                                 "args": list(args), "ret": ret,
-                                 "text": syscalls.decode(self.arch, nr, args, ret).text})
+        path = decode_path(self._paths.pop((pid, vcpu), []))
+        entry = {"pid": pid, "vcpu": vcpu, "nr": nr, "name": name, "args": list(args),
+                 "ret": ret, "text": syscalls.decode(self.arch, nr, args, ret).text}
+        if path is not None:
+            entry["path"] = path
+            entry["text"] += f'  "{path}"'
+        self.syscall_log.append(entry)
         if self.kernel is not None:
+            self.kernel.files.syscall(pid, name, args, ret, path)
             th = self.threads[(pid, vcpu)]
             if self.kernel.handles_syscall(name):      # it takes mmap_lock: a collapse
                 self._unlock(pid, th)                  # holding it makes it wait
@@ -481,7 +519,16 @@ class Machine:
                 # What mapped each VMA at the end, before exit tears it down.
                 proc.mapped = [vma_census(self.kernel, mm, v.start, v.end) for v in proc.vmas]
                 proc.thpmaps = mm_thpmaps(self.kernel, mm, with_runs=True)
+                if all(p.exited for p in self.processes.values()):
+                    self._inspect_tlbs("exit")        # before exit_mm empties the tables
             self.kernel.exit_mm(proc.pid)
+
+    def _inspect_tlbs(self, at: Any) -> None:
+        """Every CPU that ran a guest thread: what its TLBs hold now."""
+        from emu.hw.inspect import cpu_tlbs
+        cpus = sorted({t.vcpu % self.hw.nr_cpus for t in self.all_threads})
+        self.tlb_inspections.append({"at": at, "cpus": [{"cpu": c, "tlbs": cpu_tlbs(self.hw, c)}
+                                                        for c in cpus]})
 
     def finish(self) -> None:
         """End of stream: processes that sent no exit record exit now."""

@@ -76,8 +76,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", metavar="FILE",
                    help="write the results as JSON to FILE, or to standard output with -")
     o.add_argument("--inspect-at", action="append", type=lambda x: int(x, 0), default=[],
-                   metavar="MARK", help="also take thpmaps of every process when the guest"
-                   " calls emu_mark(MARK) (repeatable)")
+                   metavar="MARK", help="also take thpmaps of every process and read out every"
+                   " CPU's TLBs when the guest calls emu_mark(MARK) (repeatable)")
     o.add_argument("--timeline", metavar="FILE",
                    help="write a Perfetto/chrome://tracing timeline (trace-event JSON)")
     o.add_argument("--report", metavar="DIR",
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a per-vCPU micro-TLB of N entries (power of two, at most 256) in"
                           " the plugin, in front of the L1 TLB: far fewer events on programs"
                           " with locality, exact access counts (docs/trace-format.md)")
+    run.add_argument("--annotate", action="store_true",
+                     help="record each access run's instruction address (the plugin's pc=1;"
+                          " slower) and attribute TLB misses, walks, page faults and collapse"
+                          " stalls to instructions and functions, like perf annotate")
     run.add_argument("--sysroot", help="guest sysroot for dynamic binaries"
                      " (default: /usr/aarch64-linux-gnu for arm64, / for x86-64)")
     _model_args(run)

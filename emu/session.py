@@ -57,6 +57,14 @@ def _elf_meta(elf: ElfInfo) -> dict[str, Any]:
     return d
 
 
+def interp_elf(elf: ElfInfo, sysroot: str) -> ElfInfo | None:
+    """A dynamic program's interpreter, from the sysroot QEMU uses (check_program
+    has checked it is there and loadable)."""
+    if elf.interp is None:
+        return None
+    return inspect_elf(os.path.join(sysroot, elf.interp.lstrip("/")))
+
+
 def _elf_from_meta(d: dict[str, Any]) -> ElfInfo:
     fields = {f.name for f in dataclasses.fields(ElfInfo)}
     kw = {k: v for k, v in d.items() if k in fields}
@@ -127,8 +135,10 @@ def plan_model(arch: str, args: argparse.Namespace) -> ModelPlan:
                      [s for s in from_file + from_cli if s.target == "khugepaged"])
 
 
-def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan) -> Machine:
-    """The Machine for these options (or for a plan made by plan_model)."""
+def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan,
+                  interp: ElfInfo | None = None) -> Machine:
+    """The Machine for these options (or for a plan made by plan_model); ``interp`` is
+    a dynamic program's interpreter, placed and named where QEMU loaded it."""
     from emu.kernel.kernel import Kernel
     from emu.machine import Machine, RunOptions
     from emu.mem import PhysMem
@@ -141,6 +151,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
                          gup_fast_rate=getattr(args, "gup_fast_rate", 0.0),
                          gup_fast_pages=getattr(args, "gup_fast_pages", 16),
                          gup_fast_hold_ns=getattr(args, "gup_fast_hold_us", 10.0) * 1e3,
+                         annotate=getattr(args, "annotate", False),
                          khugepaged=args.khugepaged != "off" and not args.no_hw)
     frac, order = plan.fragment
     physmem = PhysMem(plan.frames)
@@ -160,6 +171,7 @@ def build_machine(arch: str, elf: ElfInfo, args: argparse.Namespace | ModelPlan)
                     khugepaged=knobs, algo=args.collapse_algo,
                     strategy=getattr(args, "collapse_strategy", "pmd"))
     machine = Machine(arch, elf, kernel=kernel, hw=hw, options=options)
+    machine.interp = interp
     machine.mark_actions = _mark_actions(plan.marks, machine)
     machine.inspect_marks = set(getattr(args, "inspect_at", None) or ())
     return machine
@@ -297,9 +309,19 @@ class _Progress:
         secs = max(now - self.start, 1e-9)
         line = (f"emu: {insns:,} guest instructions ({insns / secs / 1e6:,.1f} M/s),"
                 f" {machine.nr_events:,} events ({machine.nr_events / secs / 1e3:,.0f} k/s),"
-                f" {secs:.1f} s")
+                f" {secs:.1f} s{_model_progress(machine)}")
         sys.stderr.write("\r\x1b[2K" + line + ("\n" if done else ""))
         sys.stderr.flush()
+
+
+def _model_progress(machine: Machine) -> str:
+    """What the model has seen so far: simulated time, page faults, PMD collapses."""
+    if machine.kernel is None:
+        return ""
+    vm = machine.kernel.stats.vmstat
+    text = f"; simulated {machine.now_ns / 1e6:,.3f} ms, {vm.get('pgfault', 0):,} page faults"
+    collapsed = vm.get("thp_collapse_alloc", 0)
+    return text + (f", thp_collapse_alloc {collapsed:,}" if collapsed else "")
 
 
 def consume(machine: Machine, batches: Iterable[Batch], progress: _Progress,
@@ -353,14 +375,21 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
         raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")
+    if args.annotate and args.utlb:
+        raise EmuError("--annotate and --utlb: give one (a micro-TLB hit has no instruction"
+                       " address in the stream)")
     args.binary = resolve_binary(args.binary)
     elf = inspect_elf(args.binary)
     sysroot = check_program(args.binary, elf.arch, elf.interp, args.sysroot)
     plan = plan_model(elf.arch, args)
+    interp = interp_elf(elf, sysroot)
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
-            "elf": _elf_meta(elf), "utlb": args.utlb}
-    plugin_args = [f"utlb={args.utlb}"] if args.utlb else []
+            "elf": _elf_meta(elf), "utlb": args.utlb,
+            "interp_elf": _elf_meta(interp) if interp else None,
+            "pc": args.annotate, "sysroot": sysroot}
+    plugin_args = ([f"utlb={args.utlb}"] if args.utlb else []) + \
+        (["pc=1"] if args.annotate else [])
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     with Interrupt() as stop, GuestRun(args.binary, args.args, arch=elf.arch,
                                         sysroot=sysroot, plugin_args=plugin_args) as guest:
@@ -370,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
             # arrays): the stream's first events wait in memory meanwhile.
             guest.stream.prefetch()
             from emu.trace.reader import iter_batches
-            machine = build_machine(elf.arch, elf, plan)
+            machine = build_machine(elf.arch, elf, plan, interp)
             views = watch(machine, args)
             batches = iter_batches(guest.stream, record=args.record, force=args.force,
                                    meta=meta)
@@ -390,6 +419,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     from emu.report.result import build_result
     result = build_result(machine, args.binary, argv, status)
+    _annotate(result, machine, sysroot)
     _finish_result(result, args, stop)
     _write_views(args, result, views, machine)
     _write_outputs(args, result)
@@ -405,12 +435,14 @@ def replay(args: argparse.Namespace) -> int:
     meta = read_meta(args.trace)
     try:
         elf = _elf_from_meta(meta["elf"])
+        interp = _elf_from_meta(meta["interp_elf"]) if meta.get("interp_elf") else None
         arch, argv = meta["arch"], meta["argv"]
     except (KeyError, TypeError, ValueError):
         raise EmuError(f"{args.trace}: recording has no usable guest description") from None
     # The micro-TLB is part of what was recorded: replay models it as recorded.
     args.utlb = int(meta.get("utlb", 0))
-    machine = build_machine(arch, elf, args)
+    args.annotate = bool(meta.get("pc", False))      # PC records are in the recording
+    machine = build_machine(arch, elf, args, interp)
     views = watch(machine, args)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     cut: list[str] = []
@@ -422,10 +454,20 @@ def replay(args: argparse.Namespace) -> int:
     statuses = [p.exit_status for p in sorted(machine.processes.values(), key=lambda p: p.pid)]
     from emu.report.result import build_result
     result = build_result(machine, argv[0], argv, statuses[0] if statuses else None)
+    _annotate(result, machine, meta.get("sysroot") or "/")
     _finish_result(result, args, stop, cut=bool(cut))
     _write_views(args, result, views, machine)
     _write_outputs(args, result)
     return 130 if stop.requested else 0
+
+
+def _annotate(result: dict[str, Any], machine: Machine, sysroot: str) -> None:
+    """--annotate: the instructions behind misses, walks, faults and stalls, named."""
+    if not machine.options.annotate or machine.hw is None:
+        return
+    from emu.guest.annotate import annotate
+    vmas = {p.pid: p.vmas for p in machine.processes.values()}
+    result["annotate"] = annotate(machine.annotations.counts, vmas, machine.arch, sysroot)
 
 
 def _finish_result(result: dict[str, Any], args: argparse.Namespace, stop: Interrupt,

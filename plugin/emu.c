@@ -36,7 +36,9 @@
  * Arguments: out=PATH (required); ringfd=N (the ring, see above); utlb=N (direct-mapped micro-TLB entries, a
  * power of two up to 256; 0 = off, the default); icount=tb (default: exact
  * per-vCPU counts and fetch pages from a TB callback) or icount=inline (a
- * process-wide inline counter, fetch pages seen only at data accesses).
+ * process-wide inline counter, fetch pages seen only at data accesses);
+ * pc=1 (off by default): each access record is preceded by a PC record, the
+ * address of the instruction that started the run (docs/trace-format.md).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -52,6 +54,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,7 +74,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define SYS_SIZE 64
 
 enum kind { K_READ, K_WRITE, K_FETCH, K_SYSCALL, K_VCPU_START, K_VCPU_EXIT,
-            K_MARK, K_PROC_START, K_PROC_EXIT };
+            K_MARK, K_PROC_START, K_PROC_EXIT, K_PC };
 
 struct chunk_hdr {
     uint32_t magic;
@@ -107,15 +110,23 @@ _Static_assert(sizeof(struct sysrec) == SYS_SIZE, "syscall layout");
 #define PAGE_MASK (~(uint64_t)0xfff)
 #define NO_KEY UINT64_MAX
 #define EMU_MARK_NR 0x656D75
+/* Pseudo-syscall records (docs/trace-format.md, "Names"): the path an open
+ * named, 56 bytes a record, just before its SYSCALL record; and where QEMU
+ * loaded the program (start_code, end_code, entry_code), once per exec. */
+#define EMU_PATH_NR 0x656D76
+#define EMU_EXEC_NR 0x656D77
+#define PATH_RECS 8
+#define PATH_CAP (PATH_RECS * 56)
 #define UTLB_MAX 256
 /* Record flag (word bit 4): accesses the micro-TLB absorbed; count only. */
 #define F_ABSORBED 0x10u
 #define MAX_VCPUS 65536
 
 /* ---- per-architecture syscall numbers the plugin must act on ---- */
-struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3, execve, execveat; };
-static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435, 59, 322 };
-static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435, 221, 281 };
+struct arch_nrs { int64_t exit, exit_group, clone, fork, vfork, clone3, execve, execveat,
+                  open, openat, openat2; };
+static const struct arch_nrs NRS_X86_64 = { 60, 231, 56, 57, 58, 435, 59, 322, 2, 257, 437 };
+static const struct arch_nrs NRS_AARCH64 = { 93, 94, 220, -1, -1, 435, 221, 281, -1, 56, 437 };
 static struct arch_nrs nrs;
 #define CLONE_VM 0x00000100
 
@@ -161,6 +172,9 @@ struct vcpu {
     bool active;
     int64_t sc_nr;
     uint64_t sc_args[6];
+    uint64_t run_pc;     /* pc=1: the instruction that started the current run */
+    uint64_t sc_path[PATH_CAP / 8]; /* an open's path, read at entry */
+    size_t sc_path_len;
     struct utlb_ent utlb[UTLB_MAX];
     struct rec recs[MAX_REC];
     struct sysrec sys[MAX_SYS];
@@ -174,6 +188,7 @@ static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
 static int out_fd = -1;
 static uint32_t g_pid;
 static uint32_t g_parent;        /* 0 for the first process */
+static bool g_exec_sent;         /* EMU_EXEC_NR written (a fork child inherits it) */
 static bool g_started;           /* PROC_START emitted in this process */
 static int64_t g_exit_status = 0xffffffff; /* unknown unless exit/exit_group */
 static unsigned g_exit_vcpu;
@@ -183,6 +198,7 @@ static bool g_batch = true; /* solo process: batch chunks into OUT_BYTES writes 
 /* icount=inline: one process-wide counter bumped by an inline op per TB
  * instead of a per-vCPU TB callback (see docs/trace-format.md). */
 static bool icount_inline;
+static bool pc_mode; /* pc=1: PC records (the memory callback logs the insn address) */
 static uint64_t g_icount;
 
 /* ---- the shared-memory ring (ringfd=N); emu/guest/ring.py is the reader ----
@@ -480,10 +496,20 @@ static void utlb_drain(struct vcpu *v)
 }
 
 /* End the current same-page run: everything else is ordered after it. */
+static void put_pc(struct vcpu *v, uint64_t pc, uint64_t icount)
+{
+    /* The PC and its access record share a chunk: room for both first. */
+    if (chunk_bytes(v->nrec + 2, v->nsys) > CHUNK_MAX)
+        flush_chunk(v);
+    put(v, (pc << 12) | K_PC, 1, icount);
+}
+
 static void close_run(struct vcpu *v)
 {
     if (v->key == NO_KEY)
         return;
+    if (pc_mode)
+        put_pc(v, v->run_pc, v->run_icount);
     put_access(v, v->key, v->count, v->run_icount);
     v->key = NO_KEY;
 }
@@ -495,9 +521,54 @@ static void close_run(struct vcpu *v)
  * syscalls, markers and vCPU events.  The run is kept in registers; GCC
  * otherwise packs such locals into SSE registers through the stack, a
  * store-forwarding chain per word that perf put at a third of the drain. */
+/* pc=1: the log holds (pc, L_PC_MARK) before each (access, icount) pair. */
+#define L_PC_MARK UINT64_MAX
+static __attribute__((noinline)) void drain_pc(struct vcpu *v)
+{
+    const uint64_t *p = v->log, *end = v->lp;
+    uint64_t key = v->key, count = v->count, run_ic = v->run_icount, pc = 0;
+    uint64_t run_pc = v->run_pc;
+    v->lp = v->log;
+    for (; p < end; p += 2) {
+        uint64_t w = p[0], x = p[1];
+        if (x == L_PC_MARK) {
+            pc = w;
+            continue;
+        }
+        uint64_t k = (w & PAGE_MASK) | ((w & L_STORE) >> 1);
+        if (w & L_FETCH) {
+            if (key != NO_KEY) {
+                put_pc(v, run_pc, run_ic);
+                put_access(v, key, count, run_ic);
+            }
+            key = NO_KEY;
+            put(v, (w & PAGE_MASK) | K_FETCH, 1, x);
+        } else if (k == key) {
+            count++;
+        } else {
+            if (key != NO_KEY) {
+                put_pc(v, run_pc, run_ic);
+                put_access(v, key, count, run_ic);
+            }
+            key = k;
+            count = 1;
+            run_ic = x;
+            run_pc = pc;
+        }
+    }
+    v->key = key;
+    v->count = count;
+    v->run_icount = run_ic;
+    v->run_pc = run_pc;
+}
+
 __attribute__((optimize("no-tree-slp-vectorize")))
 static __attribute__((noinline)) void drain(struct vcpu *v)
 {
+    if (unlikely(pc_mode)) {
+        drain_pc(v);
+        return;
+    }
     const uint64_t *p = v->log, *end = v->lp;
     uint64_t key = v->key, count = v->count, run_ic = v->run_icount;
     const bool utlb = utlb_n != 0;
@@ -692,6 +763,19 @@ static void on_mem(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, voi
     log_access(vcpus[vi], (va & PAGE_MASK) | ((info >> MEMINFO_RW_SHIFT) & L_STORE));
 }
 
+/* pc=1: the instruction's address (userdata) goes into the log before the access. */
+static void on_mem_pc(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    struct vcpu *v = vcpus[vi];
+    uint64_t *p = v->lp;
+    p[0] = (uint64_t)(uintptr_t)ud;
+    p[1] = L_PC_MARK;
+    v->lp = p + 2;
+    uint64_t store = meminfo_direct ? (info >> MEMINFO_RW_SHIFT) & L_STORE
+                                    : (qemu_plugin_mem_is_store(info) ? L_STORE : 0);
+    log_access(v, (va & PAGE_MASK) | store);
+}
+
 static void on_mem_api(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
 {
     (void)ud;
@@ -803,8 +887,9 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        void *ud = pc_mode ? (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn) : NULL;
         qemu_plugin_register_vcpu_mem_cb(insn, mem_cb, QEMU_PLUGIN_CB_NO_REGS,
-                                         QEMU_PLUGIN_MEM_RW, NULL);
+                                         QEMU_PLUGIN_MEM_RW, ud);
     }
 }
 
@@ -828,6 +913,44 @@ static void put_syscall(struct vcpu *v, int64_t nr, const uint64_t *args, int64_
     v->nsys++;
 }
 
+/* The NUL-terminated string at guest address `ga`, up to PATH_CAP - 1 bytes.
+ * QEMU user-mode runs 64-bit guests with guest_base 0, so a guest address is
+ * one of this process's; process_vm_readv on ourselves reads it without
+ * faulting on a bad pointer (a read that fails names nothing). */
+static size_t read_guest_string(uint64_t ga, char *buf)
+{
+    size_t first = 4096 - (ga & 0xfff);
+    if (first > PATH_CAP)
+        first = PATH_CAP;
+    struct iovec local = { buf, PATH_CAP };
+    struct iovec remote[2] = { { (void *)(uintptr_t)ga, first },
+                               { (void *)(uintptr_t)(ga + first), PATH_CAP - first } };
+    ssize_t got = process_vm_readv(getpid(), &local, 1, remote, first < PATH_CAP ? 2 : 1, 0);
+    if (got <= 0)
+        return 0;
+    size_t n = strnlen(buf, (size_t)got);
+    return n < (size_t)got ? n : 0; /* no NUL within reach: too long, name nothing */
+}
+
+/* Names (docs/trace-format.md): pseudo-syscall records, off the hot path. */
+static void put_path(struct vcpu *v)
+{
+    const char *p = (const char *)v->sc_path;
+    for (size_t off = 0; off < v->sc_path_len; off += 56) {
+        struct sysrec r = { .nr = EMU_PATH_NR };
+        memcpy(r.args, p + off, 56); /* sc_path is zero-padded to PATH_CAP */
+        put_syscall(v, r.nr, r.args, r.ret);
+    }
+}
+
+static void put_exec(struct vcpu *v)
+{
+    g_exec_sent = true;
+    uint64_t a[6] = { qemu_plugin_start_code(), qemu_plugin_end_code(),
+                      qemu_plugin_entry_code(), 0, 0, 0 };
+    put_syscall(v, EMU_EXEC_NR, a, 0);
+}
+
 static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
                        uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
                        uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
@@ -840,6 +963,13 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vi, int64_t nr,
     v->sc_nr = nr;
     uint64_t args[6] = { a1, a2, a3, a4, a5, a6 };
     memcpy(v->sc_args, args, sizeof(args));
+    if (!g_exec_sent)
+        put_exec(v);
+    v->sc_path_len = 0;
+    if (nr == nrs.open || nr == nrs.openat || nr == nrs.openat2) {
+        memset(v->sc_path, 0, sizeof(v->sc_path));
+        v->sc_path_len = read_guest_string(nr == nrs.open ? a1 : a2, (char *)v->sc_path);
+    }
     if (nr == nrs.exit || nr == nrs.exit_group) {
         g_exit_status = (int64_t)(uint32_t)a1 & 0xff;
         g_exit_vcpu = vi;
@@ -916,6 +1046,8 @@ static void on_syscall_ret(qemu_plugin_id_t id, unsigned int vi, int64_t nr, int
             put_value(v, K_VCPU_START, 0);
         }
     }
+    if (v->sc_path_len && ret >= 0)
+        put_path(v);
     put_syscall(v, nr, v->sc_args, ret);
     publish_in_order(v);
 }
@@ -973,6 +1105,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             icount_inline = true;
         } else if (strcmp(argv[i], "icount=tb") == 0) {
             icount_inline = false;
+        } else if (strcmp(argv[i], "pc=1") == 0) {
+            pc_mode = true;
+        } else if (strcmp(argv[i], "pc=0") == 0) {
+            pc_mode = false;
         } else {
             fprintf(stderr, "emu plugin: unknown argument '%s'\n", argv[i]);
             return -1;
@@ -1015,6 +1151,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     }
     if (utlb_n)
         mem_cb = on_mem_utlb;
+    if (pc_mode && (utlb_n || icount_inline)) {
+        fprintf(stderr, "emu plugin: pc=1 works with icount=tb and without utlb\n");
+        return -1;
+    }
+    if (pc_mode)
+        mem_cb = on_mem_pc;
 
     qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, on_vcpu_exit);

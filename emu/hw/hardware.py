@@ -108,6 +108,7 @@ class Hardware:
         self.entries_flushed = np.zeros(nr_cpus, dtype=np.int64)
         self._fault = np.zeros(4, dtype=np.int64)
         self._no_pfn = np.zeros(0, dtype=np.int64)
+        self._no_miss = np.zeros(0, dtype=np.int8)
         self.fault: Fault | None = None
         self._hafdbs = bool(profile.hafdbs) if arch.name == "arm64" else True
         self._coalesce = int(profile.coalesce) if arch.name == "x86_64" else 0
@@ -179,11 +180,13 @@ class Hardware:
     # ------------------------------------------------------------------ replay
     def run(self, cpu: int, asid: int, root_pfn: int, kinds: np.ndarray, addrs: np.ndarray,
             counts: np.ndarray, start: int = 0, stop: int | None = None,
-            out_pfn: np.ndarray | None = None) -> int:
+            out_pfn: np.ndarray | None = None, out_miss: np.ndarray | None = None) -> int:
         """Translate events [start, stop) on ``cpu``; index of the first fault, or ``stop``.
 
         ``out_pfn`` (int64, len >= stop), if given, receives the 4 KiB frame each
-        translated event reached.
+        translated event reached.  ``out_miss`` (int8, len >= stop, zeroed by the
+        caller), if given, marks the events that missed the L1 TLB: 1 L2 hit, 2 walk,
+        3 faulted walk.
         """
         if stop is None:
             stop = len(kinds)
@@ -198,7 +201,8 @@ class Hardware:
                          self._probes_flat, self.pr_off, self.fill_sel, ptag, pdata, pstamp,
                          self.p_base, self.p_sets, self.p_setmask, self.p_ways, cnt,
                          self._fault, self._no_pfn if out_pfn is None else out_pfn,
-                         fa, self.ent_fa, self._any_fa)
+                         fa, self.ent_fa, self._any_fa,
+                         self._no_miss if out_miss is None else out_miss)
         if i < stop:
             f = self._fault
             self.fault = Fault(int(f[0]), KIND_NAMES[int(f[1])], int(f[2]),

@@ -657,11 +657,14 @@ def recount(tag, ent_struct, occ):
 def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdbs, coalesce,
                tables, slot_of_pfn, tag, data, stamp, occ, clk, probes, pr_off, fill_sel,
                ptag, pdata, pstamp, p_base, p_sets, p_setmask, p_ways, cnt, fault, out_pfn,
-               fa, ent_fa, any_fa):
+               fa, ent_fa, any_fa, out_miss):
     """Translate events [start, stop); return the index of the first faulting event or stop.
 
     If ``out_pfn`` is at least ``stop`` long, the 4 KiB frame each translated
     event reached is written to it (the machine's integrity oracle reads it).
+    If ``out_miss`` is, each event that missed the L1 TLB gets 1 (an L2 hit), 2 (a
+    completed walk) or 3 (a walk that faulted); written on the miss paths only, so
+    hits cost nothing more (the machine's --annotate attribution reads it).
 
     Lookups of side 0 (instructions) or 1 (data) at L1 (0) or L2 (1) probe rows
     ``pr_off[side*2+level] .. pr_off[side*2+level+1]``; a fill of page size z
@@ -670,6 +673,7 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
     """
     clock = clk[U(0)]
     want_pfn = out_pfn.shape[0] >= stop
+    want_miss = out_miss.shape[0] >= stop
     for i in range(start, stop):
         kind = np.int64(kinds[U(i)])
         if kind > K_FETCH:
@@ -711,6 +715,8 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
                 continue
         else:
             cnt[U(C_L1D_LOAD_MISS + kind)] += 1
+            if want_miss:
+                out_miss[U(i)] = 1
             e2 = _probe(tag, fa, probes, occ, pr_off[U(q + 1)], pr_off[U(q + 2)], va, asid)
             l2_absent = e2 < 0
             if e2 >= 0:
@@ -743,6 +749,8 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
                 cnt[U(C_WALK_FAULT_LOAD + kind)] += 1
                 if l1_absent:            # an L1 (and L2) lookup that refilled nothing
                     cnt[U(C_MISS_FAULT_LOAD + kind)] += 1
+                if want_miss:
+                    out_miss[U(i)] = 3
                 # The access retires once, after the kernel handled the fault and
                 # the machine replays the event; the misses and the walk did happen.
                 cnt[U(C_LOADS + kind)] -= n
@@ -750,6 +758,8 @@ def run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid, arch_id, hafdb
                 return i
             if not assist:               # a dirty-bit update is not a TLB miss
                 cnt[U(C_WALK_LOAD + 6 * kind + size)] += 1
+                if want_miss:
+                    out_miss[U(i)] = 2
             _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[U(q + 1), U(size)], va, asid,
                   size, pfn, flags, l2_absent)
             _fill(tag, data, stamp, occ, fa, clock, probes, fill_sel[U(q), U(size)], va, asid,

@@ -29,6 +29,7 @@ class ForkMixin:
         child = self._new_mm(child_pid)
         child.start_brk, child.brk = parent.start_brk, parent.brk
         child.thp_disabled = parent.thp_disabled
+        self.files.fork(parent_pid, child_pid)      # copy_files(): the fd table too
         for vma in parent.vmas:
             if vma.flags & VM_DONTCOPY:
                 continue

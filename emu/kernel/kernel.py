@@ -21,6 +21,7 @@ from emu.kernel import syscalls as _syscalls
 from emu.kernel import tlbflush
 from emu.kernel.buddy import BuddyAllocator
 from emu.kernel.config import ThpConfig
+from emu.kernel.files import Files
 from emu.kernel.folio import Folio
 from emu.kernel.fork import ForkMixin
 from emu.kernel.gup import Gup
@@ -73,6 +74,11 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.page_cache: dict[tuple[str, int], Folio] = {}
         self.file_pages: dict[str, int] = {}    # files cached whole: their size in pages
         self._pending_pie: dict[int, object] = {}   # pid -> static-PIE ELF awaiting its base
+        # Dynamic programs: the interpreter waits for its first fetch (QEMU starts
+        # there), a PIE main program for QEMU's load address (place_exec).
+        self._pending_interp: dict[int, tuple[object, str]] = {}
+        self._pending_main: dict[int, object] = {}
+        self.files = Files()                          # fd -> path, per process
         # /sys/kernel/debug/fault_around_bytes (default 64 KiB); page size disables it
         self.fault_around_bytes = 65536
         # Fault injection (in the spirit of /sys/kernel/debug/fail_page_alloc): folio
@@ -272,27 +278,65 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         self.mms[pid] = mm
         return mm
 
-    def exec_mm(self, pid: int, elf_info, bias: int | None = None) -> MM:
+    def exec_mm(self, pid: int, elf_info, bias: int | None = None, interp=None) -> MM:
         """A fresh mm with the ELF's PT_LOAD mappings and an empty brk heap.
 
-        A position-independent ELF is loaded by QEMU at a base the plugin does not
-        report: with ``bias`` None a static PIE's mappings are placed at the first
-        instruction fetch outside any VMA, taken as the entry point's page; a
-        dynamic PIE (whose first fetches are the interpreter's) is not mapped.
+        A position-independent ELF is loaded by QEMU at a base chosen at run time:
+        with ``bias`` None a static PIE's mappings are placed at the first
+        instruction fetch outside any VMA, taken as the entry point's page.  A
+        dynamic program's interpreter (``interp``, its ElfInfo; named by PT_INTERP)
+        is placed the same way, since QEMU starts the guest at the interpreter's
+        entry; a dynamic PIE waits for place_exec (QEMU's start_code, which the
+        plugin sends at the first syscall, before the interpreter reads the
+        program).  Without them their pages become implicit VMAs.
         """
         mm = self._new_mm(pid)
+        dynamic = getattr(elf_info, "interp", None) is not None
+        if dynamic and interp is not None:
+            self._pending_interp[pid] = (interp, str(elf_info.interp))
         if bias is None:
             if getattr(elf_info, "is_pie", False):
-                if getattr(elf_info, "interp", None) is None:
+                if not dynamic:
                     self._pending_pie[pid] = elf_info
-                # a dynamic PIE's base is unknown too: its pages become implicit VMAs
+                else:
+                    self._pending_main[pid] = elf_info
                 return mm
             bias = 0
         self._map_elf(mm, elf_info, bias)
         return mm
 
-    def _map_elf(self, mm: MM, elf_info, bias: int) -> None:
-        path = str(getattr(elf_info, "path", "elf"))
+    def place_exec(self, pid: int, start_code: int, entry_code: int) -> None:
+        """Where QEMU loaded the program: its lowest executable segment's address
+        (qemu_plugin_start_code) and the entry it started (the interpreter's, for a
+        dynamic program).  Places a waiting PIE main program; checks the others."""
+        mm = self.mms.get(pid)
+        elf = self._pending_main.pop(pid, None)
+        if mm is None or elf is None:
+            return
+        low = min((s.vaddr for s in elf.segments if s.executable), default=None)
+        if low is None:
+            return
+        bias = start_code - low
+        for v in list(mm.vmas.overlapping(*self._elf_span(elf, bias))):
+            if v.kind == "implicit":                  # touched before we knew: redo it
+                self.zap_range(mm, v.start, v.end, flush=False)
+                mm.vmas.remove(v)
+        self._map_elf(mm, elf, bias)
+
+    def _elf_span(self, elf, bias: int) -> tuple[int, int]:
+        lo = min(s.vaddr for s in elf.segments) + bias
+        hi = max(s.end for s in elf.segments) + bias
+        return lo & ~(self.page_size - 1), (hi + self.page_size - 1) & ~(self.page_size - 1)
+
+    def _map_interp(self, mm: MM, va: int) -> None:
+        """The interpreter at its first fetch: that page holds its entry point."""
+        interp, name = self._pending_interp.pop(mm.pid)
+        bias = (va & ~(self.page_size - 1)) - (int(interp.entry) & ~(self.page_size - 1))
+        self._map_elf(mm, interp, bias, name=name, set_brk=False)
+
+    def _map_elf(self, mm: MM, elf_info, bias: int, name: str | None = None,
+                 set_brk: bool = True) -> None:
+        path = name or str(getattr(elf_info, "path", "elf"))
         size = max((s.offset + s.filesz for s in getattr(elf_info, "segments", ())), default=0)
         self.file_pages[path] = (size + self.page_size - 1) >> self.page_shift
         for seg in getattr(elf_info, "segments", ()):
@@ -308,8 +352,9 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
                 for old in mm.vmas.carve(start, end):   # a later PT_LOAD maps over (MAP_FIXED)
                     mm.vmas.remove(old)
                 mm.vmas.insert(vma)
-        brk = int(getattr(elf_info, "brk", 0)) + bias
-        mm.start_brk = mm.brk = brk
+        if set_brk:
+            brk = int(getattr(elf_info, "brk", 0)) + bias
+            mm.start_brk = mm.brk = brk
 
     def new_mm(self, pid: int) -> MM:
         """An empty mm (tests, or a process whose ELF is unknown)."""
@@ -319,6 +364,9 @@ class Kernel(FolioMixin, FaultMixin, UnmapMixin, ForkMixin, MprotectMixin, Mrema
         """exit_mmap(): zap everything, free every page table, drop the mm."""
         mm = self.mms.pop(pid, None)
         self._pending_pie.pop(pid, None)
+        self._pending_interp.pop(pid, None)
+        self._pending_main.pop(pid, None)
+        self.files.exit(pid)
         if mm is None:
             return
         mm.exited = True

@@ -51,6 +51,9 @@ class FaultMixin:
             elf = self._pending_pie.pop(pid)
             self._map_elf(mm, elf, va - (int(elf.entry) & ~(self.page_size - 1)))
             vma = mm.vmas.find(va)
+        if vma is None and access == ACCESS_EXEC and pid in self._pending_interp:
+            self._map_interp(mm, va)
+            vma = mm.vmas.find(va)
         if vma is None:
             vma = self._implicit_vma(mm, va, access)
         if not self._access_ok(vma, access):

@@ -98,9 +98,11 @@ def do_mmap(k: Any, mm: MM, a: tuple[int, ...], ret: int) -> None:
             kind = "stack" if flags & (U("MAP_STACK") | U("MAP_GROWSDOWN")) else "anon"
             vma = VMA(start, end, vm, kind, "")
     else:
-        # The model does not know which file an fd names: key the page cache by
-        # (pid, fd), which is right for the common map-once-per-open pattern.
-        vma = VMA(start, end, vm, "file", f"fd{fd}", f"fd:{mm.pid}:{fd}",
+        # The path the fd was opened with names the VMA and keys the page cache
+        # (emu.kernel.files); unknown, (pid, fd) keys it, right for the common
+        # map-once-per-open pattern.
+        path = k.files.path(mm.pid, fd)
+        vma = VMA(start, end, vm, "file", path or f"fd{fd}", path or f"fd:{mm.pid}:{fd}",
                   off >> k.page_shift)
     mm.vmas.insert(vma)
     for v in mm.vmas.merge_around(start, end):

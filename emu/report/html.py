@@ -1,6 +1,7 @@
 """`--report DIR`: one self-contained HTML file (images inlined) and its PNGs.
 
-The page holds what the text summary says, the thpmaps tables, the plots and,
+The page holds what the text summary says, the thpmaps tables, the TLB contents,
+the attribution (with --annotate), the plots and,
 from `emu compare`, the comparison; every number is taken from the same
 result dict the JSON is, so the two agree.
 """
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emu.report import maps
+from emu.report import maps, tlbs
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -61,6 +62,36 @@ def _mappings(snaps: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _tlb_contents(snaps: list[dict[str, Any]]) -> str:
+    """Per inspection: reach per CPU and TLB array, then the entries as VA ranges."""
+    out = ["<h2>TLB contents</h2>",
+           "<p>What each CPU's TLB arrays held; reach is the bytes their valid entries map"
+           " (c: entries formed from several descriptors, arm64 contpte or AMD"
+           " coalescing).</p>"]
+    for snap in snaps:
+        out.append(f"<h3>{html.escape(tlbs.when(snap))}</h3>")
+        out.append("<table><tr><th>cpu</th><th>TLB</th><th>valid</th><th>entries</th>"
+                   "<th>reach</th><th>by page size</th></tr>")
+        for cpu, name, valid, cap, nbytes, text in tlbs.summary_rows(snap):
+            out.append(f'<tr><td>{cpu}</td><td class="k">{html.escape(name)}</td>'
+                       f"<td>{valid:,}</td><td>{cap:,}</td><td>{tlbs.kib(nbytes)}</td>"
+                       f'<td class="k">{html.escape(text)}</td></tr>')
+        out.append("</table>")
+        for c in snap["cpus"]:
+            for t in c["tlbs"]:
+                if not t["entries"]:
+                    continue
+                rows = "".join(
+                    f'<tr><td class="k">{a:016x}-{b:016x}</td><td>{size}</td><td>{n}</td>'
+                    f'<td>{asid}</td><td class="k">{flags}</td></tr>'
+                    for a, b, size, asid, flags, n in tlbs.ranges(t["entries"]))
+                out.append(f"<details><summary>cpu {c['cpu']} {html.escape(t['name'])}:"
+                           f" {t['valid']} entries</summary><table><tr><th>VA range</th>"
+                           "<th>size</th><th>entries</th><th>ASID</th><th>flags wxdc</th>"
+                           f"</tr>{rows}</table></details>")
+    return "\n".join(out)
+
+
 def _compare(cmp: dict[str, Any]) -> str:
     metrics = cmp["metrics"]
     head = "".join(f"<th>{html.escape(m)}</th><th>ratio</th>" for m in metrics)
@@ -104,6 +135,12 @@ def write_report(directory: str, result: dict[str, Any] | None = None,
         snaps = result.get("thpmaps") or []
         if snaps:
             parts.append(_mappings(snaps))
+        if result.get("tlb_contents"):
+            parts.append(_tlb_contents(result["tlb_contents"]))
+        if result.get("annotate"):
+            from emu.report.annotate import html_section
+            parts.append(html_section(result["annotate"]))
+        if snaps:
             parts.append("<h2>Plots</h2>")
             for snap in snaps:
                 if snap.get("runs"):

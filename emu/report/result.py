@@ -89,6 +89,7 @@ def build_result(machine: Any, binary: str, argv: list[str],
                          "unresolved_first": machine.unresolved,
                          "utlb": {"entries": machine.options.utlb,
                                   "hits": machine.utlb_hits}}
+        result["tlb_contents"] = machine.tlb_inspections
     if machine.kernel is not None and machine.hw is not None:
         k = machine.kernel
         result["kernel"] = {

@@ -47,6 +47,31 @@ def _time_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tlb_counter_lines(total: dict[str, int], verbose: bool) -> list[str]:
+    """The vendor's perf events; emu's own and the flush tallies only with -v.
+
+    Without -v a breakdown that is zero (walk_completed_1g, stlb_hit, ...) is
+    left out and the flush operations go on one line: perf stat's events, as
+    short as they can be while the neutral block below says the rest.
+    """
+    if verbose:
+        return [f"{_n(v)}      {k}" for k, v in total.items()]
+    out = []
+    hidden = 0
+    for k, v in total.items():
+        if k.startswith(("emu.", "flush.")) or (not v and "." in k):
+            hidden += 1
+            continue
+        out.append(f"{_n(v)}      {k}")
+    issued = [f"{k.removeprefix('flush.').removesuffix('.issued')} {v:,}"
+              for k, v in total.items() if k.startswith("flush.") and k.endswith(".issued") and v]
+    if issued:
+        out.append("   flush operations issued: " + ", ".join(issued))
+    if hidden:
+        out.append(f"   ({hidden} more counters, emu's own and zero breakdowns: -v or the JSON)")
+    return out
+
+
 def _neutral_lines(nt: dict[str, Any] | None) -> list[str]:
     """emu's own counts that mean the same on x86-64 and arm64, for side-by-side reading."""
     if not nt:
@@ -86,8 +111,7 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
     if tlb:
         add("")
         add(f" TLB model, profile {tlb['profile']} (all CPUs):")
-        for name, value in tlb["total"].items():
-            add(f"{_n(value)}      {name}")
+        lines += _tlb_counter_lines(tlb["total"], verbose)
         if len(tlb["per_cpu"]) > 1:
             keys = [k for k in _PER_CPU if k in tlb["total"]]
             add("   per CPU: " + ", ".join(keys))
@@ -157,6 +181,15 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         from emu.report.maps import render as render_maps
         add("")
         add(render_maps(result["thpmaps"], verbose))
+    if result.get("annotate"):
+        from emu.report.annotate import render as render_annotate
+        add("")
+        add(render_annotate(result["annotate"]))
+    snaps = [t for t in result.get("tlb_contents") or () if verbose or t["at"] != "exit"]
+    if snaps:
+        from emu.report.tlbs import render as render_tlbs
+        add("")
+        add(render_tlbs(snaps, verbose))
     if not verbose:
         _short_tail(result, add)
     else:

@@ -22,7 +22,7 @@ BAD_CRC = 4
 BAD_KIND = 5
 BAD_SYSCALL_INDEX = 6
 
-MAX_KIND = 8  # PROC_EXIT
+MAX_KIND = 9  # PC (with --annotate)
 SYSCALL_KIND = 3
 ACCESS_KINDS_END = 3  # READ, WRITE, FETCH carry a page address
 

@@ -8,12 +8,13 @@ than the host's L2), so one kernel gathers every column in a single pass.
 import numpy as np
 from numba import njit
 
-from emu.trace.events import FETCH
+from emu.trace.events import FETCH, PC
 
 
 @njit(cache=True, nogil=True)
 def access_columns(events, lo, hi, kinds, addrs, counts, flags, starts):
-    """Copy the access records from lo up to the first other record (or hi).
+    """Copy the access records (and PC records, kept in place before the access they
+    annotate; the models skip their kind) from lo up to the first other record (or hi).
 
     kinds/addrs/counts/flags[0:end-lo] receive them; starts the offsets where
     a run of one (pid, vCPU) begins, followed by end - lo.  Returns (end,
@@ -27,7 +28,7 @@ def access_columns(events, lo, hi, kinds, addrs, counts, flags, starts):
     end = hi
     for i in range(lo, hi):
         e = events[i]
-        if e.kind > FETCH:
+        if e.kind > FETCH and e.kind != PC:     # PC rows stay: they annotate the next
             end = i
             break
         j = i - lo

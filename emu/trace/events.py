@@ -19,6 +19,8 @@ MARK          the guest called emu_mark(``addr``).
 PROC_START    the first event of process ``pid``; ``addr`` is the parent pid
               (0 for the first process).
 PROC_EXIT     the last event of process ``pid``; ``addr`` is the exit status.
+PC            (recorded with --annotate) ``addr`` is the address of the instruction
+              whose access started the READ/WRITE record that follows it.
 
 ``icount`` is the number of instructions the vCPU had retired at the event
 (exact at translation-block granularity).
@@ -37,9 +39,10 @@ VCPU_EXIT = 5
 MARK = 6
 PROC_START = 7
 PROC_EXIT = 8
+PC = 9          # only with `run --annotate`: the instruction address of the next access record
 
 KIND_NAMES = ("read", "write", "fetch", "syscall", "vcpu_start", "vcpu_exit",
-              "mark", "proc_start", "proc_exit")
+              "mark", "proc_start", "proc_exit", "pc")
 
 PAGE_SHIFT = 12
 
@@ -62,6 +65,12 @@ SYSCALL_REC = np.dtype([
 # emu_mark(id) is this syscall number on every architecture; no kernel uses it,
 # so a native run gets -ENOSYS and carries on (see guest/emu_mark.h).
 EMU_MARK_NR = 0x656D75
+# Pseudo-syscall records from the plugin (docs/trace-format.md, "Names"): 56 bytes
+# of the path an open names (args and ret, NUL-padded; several records for a long
+# path), just before that open's record; and QEMU's start_code, end_code and
+# entry_code of the program, once, at the first syscall.
+EMU_PATH_NR = 0x656D76
+EMU_EXEC_NR = 0x656D77
 
 
 @dataclass(frozen=True)

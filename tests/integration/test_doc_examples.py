@@ -161,6 +161,24 @@ def _check_tutorial_collapse(r: Run) -> None:
     assert page.count("data:image/png;base64,") == 3
 
 
+def _check_tutorial_tlbs(r: Run) -> None:
+    assert re.search(r"^   cpu +0 L2 TLB +\d+/1024 +reach +[\d,]+ kB: .*64k 16 c16 \(1,024 kB\)",
+                     r.stderr, re.M), r.stderr[-3000:]
+
+
+def _check_tutorial_ls(r: Run) -> None:
+    assert "[implicit]" not in r.stderr, r.stderr[-3000:]
+    assert re.search(r" r-xp /lib64/ld-linux-x86-64.so.2$", r.stderr, re.M)
+    assert re.search(r" r-xp /bin/ls$", r.stderr, re.M)
+    assert '"/lib/x86_64-linux-gnu/libc.so.6"' in r.stderr
+
+
+def _check_tutorial_annotate(r: Run) -> None:
+    faults = r.stderr.split(" Page faults by instruction (")[1].splitlines()
+    assert re.search(r"^ +256 +[\d.]+%  0x[0-9a-f]+  sparse:main\+0x[0-9a-f]+ +\S", faults[1])
+    assert " Waits for a collapse's lock by instruction (" in r.stderr
+
+
 # The documented command (as in the Markdown, comment removed) -> how it is run.
 EXAMPLES: dict[str, Example] = {
     "emu run [options] -- BINARY [ARGS...]": Example(_summary, synopsis=True),
@@ -176,6 +194,11 @@ EXAMPLES: dict[str, Example] = {
     " build/guest/arm64/sparse -L -i 5000":
         Example(_check_tutorial_collapse),
     ".venv/bin/emu run -- build/guest/x86_64/random -m 64 -i 1000000": Example(_check_random),
+    ".venv/bin/emu run --thp never --mthp 64K=always --inspect-at 2 --"
+    " build/guest/arm64/sparse -i 2000": Example(_check_tutorial_tlbs),
+    ".venv/bin/emu run -v -- /bin/ls /": Example(_check_tutorial_ls),
+    ".venv/bin/emu run --annotate --khugepaged fast --thp never --at-mark 2:thp=always --"
+    " build/guest/arm64/sparse -L -i 3000": Example(_check_tutorial_annotate),
     ".venv/bin/emu run --thp never --profile neoverse-n1 -- build/guest/arm64/touch -m 16":
         Example(_check_neoverse),
     ".venv/bin/emu run --mthp 64K=always --json out.json -- ./my-static-arm64-binary args":

@@ -172,3 +172,21 @@ def test_flushes_by_cause_account_for_every_flush_operation(tmp_path: Path, name
         for kind, n in tally.items():
             if kind != "flushes" and n:
                 assert f"{kind} {n:,}" in line
+
+
+def test_tlb_section_short_without_v(tmp_path: Path) -> None:
+    """Without -v the TLB block shows the vendor's events and one line of flushes;
+    emu's own counters and zero breakdowns only with -v (every one of them there)."""
+    res = replay(tmp_path, "churn-x86_64")
+    total = res["tlb"]["total"]
+    short, full = render(res).splitlines(), render(res, verbose=True).splitlines()
+    for name, value in total.items():
+        line = f"{value:>16,}      {name}"
+        assert line in full
+        shown = not name.startswith(("emu.", "flush.")) and bool(value or "." not in name)
+        assert (line in short) == shown
+    hidden = sum(1 for k, v in total.items()
+                 if k.startswith(("emu.", "flush.")) or (not v and "." in k))
+    assert f"   ({hidden} more counters, emu's own and zero breakdowns: -v or the JSON)" \
+        in short
+    assert any(ln.startswith("   flush operations issued: ") for ln in short)
