@@ -12,7 +12,11 @@ import threading
 from collections import deque
 
 # Past this much backlog QEMU waits on the transport as it would without one.
-PREFETCH_MAX = 1 << 30
+# It bounds emu's memory (issue 13: peak RSS within 2x the guest's touched
+# memory + 200 MiB): the ring's 64 MiB plus this is all the stream that can
+# wait for the model.  At `random`'s ~250 MB/s it covers about half a second
+# of model loading; a longer load makes QEMU wait instead of emu's memory grow.
+PREFETCH_MAX = 128 << 20
 
 
 class Backlogged:
