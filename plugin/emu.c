@@ -725,10 +725,11 @@ utlb_access(struct vcpu *v, uint64_t *p, uint64_t w)
     while (k < utlb_ways && e[k].key != key)
         k++;
     if (k < utlb_ways) {            /* a hit further down the set */
-        struct utlb_ent hit = e[k];
-        memmove(&e[1], &e[0], k * sizeof *e);
+        uint64_t count = e[k].count + 1;
+        for (; k > 0; k--)
+            e[k] = e[k - 1];
         e[0].key = key;
-        e[0].count = hit.count + 1;
+        e[0].count = count;
         return p;
     }
     struct utlb_ent *last = &e[utlb_ways - 1];
@@ -736,7 +737,8 @@ utlb_access(struct vcpu *v, uint64_t *p, uint64_t w)
         *p++ = (last->key & PAGE_MASK) | (last->key & 1) << 1 | L_VICTIM;
         *p++ = last->count;
     }
-    memmove(&e[1], &e[0], (utlb_ways - 1) * sizeof *e);
+    for (k = utlb_ways - 1; k > 0; k--)
+        e[k] = e[k - 1];
     *p++ = w;
     *p++ = v->icount;
     e[0].key = key;
@@ -766,6 +768,30 @@ static void on_mem_utlb(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va
     struct utlb_ent *e = utlb_set(v, key);
     if (likely(e->key == key)) {
         e->count++;
+        return;
+    }
+    utlb_miss(v, (key & PAGE_MASK) | (key & 1) << 1);
+}
+
+/* The same for sets of UTLB_WAYS (utlb >= 4): the second way is checked
+ * inline too (a swap keeps the LRU order), and the set's index needs no
+ * variable shift.  perf on busybox gzip: the out-of-line path took 16% of
+ * QEMU's samples (and memmove 4%) when only way 0 was checked here. */
+static void on_mem_utlb4(unsigned int vi, qemu_plugin_meminfo_t info, uint64_t va, void *ud)
+{
+    (void)ud;
+    struct vcpu *v = vcpus[vi];
+    uint64_t key = (va & PAGE_MASK) | ((info >> (MEMINFO_RW_SHIFT + 1)) & 1); /* as utlb_access */
+    struct utlb_ent *e = &v->utlb[(((key >> 11) ^ key) & utlb_setmask) * UTLB_WAYS];
+    if (likely(e[0].key == key)) {
+        e[0].count++;
+        return;
+    }
+    if (e[1].key == key) {
+        struct utlb_ent hit = e[1];
+        e[1] = e[0];
+        e[0].key = key;
+        e[0].count = hit.count + 1;
         return;
     }
     utlb_miss(v, (key & PAGE_MASK) | (key & 1) << 1);
@@ -1109,7 +1135,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         mem_inline_cb = on_mem_inline_api;
     }
     if (utlb_n)
-        mem_cb = meminfo_direct ? on_mem_utlb : on_mem_utlb_api;
+        mem_cb = !meminfo_direct ? on_mem_utlb_api
+                 : utlb_ways == UTLB_WAYS ? on_mem_utlb4 : on_mem_utlb;
 
     qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, on_vcpu_exit);
