@@ -220,6 +220,7 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                      lambda: stream(STREAM_MODES[0], ring=0)))
     skipped = None
     rec = BENCH / f"bench-{arch}-{title.split()[0]}.emutrace"
+    rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
         if "emu" in rows:
             plan.append(("emu run", lambda: emu_timed("emu run", [emu, "run", "-q", "--", exe,
