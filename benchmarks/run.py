@@ -220,7 +220,8 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                      lambda: stream(STREAM_MODES[0], ring=0)))
     skipped = None
     rec = BENCH / f"bench-{arch}-{title.split()[0]}.emutrace"
-    rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
+    if "replay" in rows:
+        rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
         if "emu" in rows:
             plan.append(("emu run", lambda: emu_timed("emu run", [emu, "run", "-q", "--", exe,
@@ -293,8 +294,11 @@ def main() -> int:
     ap.add_argument("--rows", default=",".join(ROW_GROUPS),
                     help=f"row groups besides plain QEMU (of {','.join(ROW_GROUPS)})")
     ap.add_argument("--json", metavar="FILE", help="also write the raw numbers as JSON")
+    ap.add_argument("--plugin-modes", default=",".join(m.replace(",", "+") for m in PLUGIN_MODES),
+                    help="plugin options of the `plugin` rows, `+` between options")
     a = ap.parse_args()
     rows = set(a.rows.split(",")) - {""}
+    PLUGIN_MODES[:] = [m.replace("+", ",") for m in a.plugin_modes.split(",") if m]
     if rows - set(ROW_GROUPS):
         print(f"benchmarks: unknown row group(s) {sorted(rows - set(ROW_GROUPS))}",
               file=sys.stderr)
