@@ -2,7 +2,8 @@
 """Time emu's pipeline against plain QEMU (a script, not a test).
 
     .venv/bin/python benchmarks/run.py [--arch x86_64,arm64] [--workload random,gzip]
-                                       [--repeat N] [--quick]
+                                       [--repeat N] [--quick] [--rows GROUPS]
+                                       [--plugin-modes M1,M2] [--json FILE]
 
 Workloads: `random` (build/guest/<arch>/random -m 64 -i 100M -q) and busybox
 gzip of a generated 20 MB file (x86-64: /bin/busybox; arm64: Debian's
@@ -10,7 +11,10 @@ busybox-static arm64 .deb, fetched once into build/bench/).  Rows: native
 (x86-64 only), plain QEMU, QEMU + plugin writing to /dev/null (both icount
 modes), QEMU + plugin streaming to emu's reader (decode only, no model) through
 the shared-memory ring and, for comparison, through the FIFO alone, and the
-full `emu run`.  Every ratio is to plain QEMU measured in the same run.
+full `emu run` (default, and `--utlb 0`, the default before 2026-12-02) with the
+peak PSS of its process tree, and `emu replay` of a recording made in the same
+run.  Every ratio is to plain QEMU measured in the same run.  docs/performance.md
+has the method and the latest table.
 Times are wall-clock seconds, the best of --repeat rounds; each round runs
 every row once, in turn, so that the machine's drift hits all rows alike.
 """
