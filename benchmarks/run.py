@@ -2,7 +2,8 @@
 """Time emu's pipeline against plain QEMU (a script, not a test).
 
     .venv/bin/python benchmarks/run.py [--arch x86_64,arm64] [--workload random,gzip]
-                                       [--repeat N] [--quick]
+                                       [--repeat N] [--quick] [--rows GROUPS]
+                                       [--plugin-modes M1,M2] [--json FILE]
 
 Workloads: `random` (build/guest/<arch>/random -m 64 -i 100M -q) and busybox
 gzip of a generated 20 MB file (x86-64: /bin/busybox; arm64: Debian's
@@ -10,7 +11,10 @@ busybox-static arm64 .deb, fetched once into build/bench/).  Rows: native
 (x86-64 only), plain QEMU, QEMU + plugin writing to /dev/null (both icount
 modes), QEMU + plugin streaming to emu's reader (decode only, no model) through
 the shared-memory ring and, for comparison, through the FIFO alone, and the
-full `emu run`.  Every ratio is to plain QEMU measured in the same run.
+full `emu run` (default, and `--utlb 0`, the default before 2026-12-02) with the
+peak PSS of its process tree, and `emu replay` of a recording made in the same
+run.  Every ratio is to plain QEMU measured in the same run.  docs/performance.md
+has the method and the latest table.
 Times are wall-clock seconds, the best of --repeat rounds; each round runs
 every row once, in turn, so that the machine's drift hits all rows alike.
 """
@@ -90,13 +94,44 @@ def arm64_busybox() -> Path | None:
     return exe if exe.exists() else None
 
 
-def timed(argv: list[str], stdin: Path | None = None) -> float:
+def _tree_pss(pid: int) -> int:
+    """Proportional set size (bytes) of pid and its descendants: shared pages (the
+    ring's memfd, which QEMU and emu both map) are split, not counted twice."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+# Peak PSS of the last timed() run's process tree (sampled every 50 ms), bytes.
+last_peak = {"pss": 0}
+
+
+def timed(argv: list[str], stdin: Path | None = None, sample: bool = False) -> float:
     with open(stdin or os.devnull, "rb") as i:
         t = time.perf_counter()
-        p = subprocess.run(argv, stdin=i, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(argv, stdin=i, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = 0
+        if sample:
+            while p.poll() is None:
+                peak = max(peak, _tree_pss(p.pid))
+                time.sleep(0.05)
+        err = p.communicate()[1]
         dt = time.perf_counter() - t
+    last_peak["pss"] = peak
     if p.returncode != 0:
-        tail = p.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"{Path(argv[0]).name} exited {p.returncode}: {tail[0]}")
     return dt
 
@@ -145,16 +180,28 @@ def workloads(arch: str, names: list[str], quick: bool):
             yield f"busybox gzip {mb}MB", str(bb), ["gzip", "-c"], make_gzip_input(mb)
 
 
-def bench(arch: str, names: list[str], repeat: int, quick: bool, run_emu: bool) -> None:
+# Row groups (--rows): every run has plain QEMU, the reference of every ratio.
+ROW_GROUPS = ("native", "plugin", "reader", "emu", "prev", "replay")
+RESULTS: list[dict] = []
+
+
+def bench(arch: str, names: list[str], repeat: int, quick: bool, run_emu: bool,
+          rows: set[str]) -> None:
     ctx = {"run_emu": run_emu, "qemu": find_qemu(arch), "plugin": find_plugin(), "emu": emu_cli(),
-           "sysroot": "/" if arch == "x86_64" else "/usr/aarch64-linux-gnu"}
+           "sysroot": "/" if arch == "x86_64" else "/usr/aarch64-linux-gnu", "rows": rows}
     for title, exe, args, stdin in workloads(arch, names, quick):
         bench_one(arch, title, exe, args, stdin, repeat, **ctx)
 
 
 def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
-              run_emu) -> None:
+              run_emu, rows) -> None:
     events: dict[str, int] = {}
+    peaks: dict[str, int] = {}
+
+    def emu_timed(name, argv):
+        dt = timed(argv, stdin, sample=True)
+        peaks[name] = max(peaks.get(name, 0), last_peak["pss"])
+        return dt
 
     def stream(m, ring=None):
         dt, n = timed_stream(exe, args, arch, m.split(","), stdin, ring)
@@ -163,20 +210,40 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
 
     base = [qemu, "-L", sysroot]
     plan: list[tuple[str, object]] = []
-    if arch == "x86_64":
+    if arch == "x86_64" and "native" in rows:
         plan.append(("native", lambda: timed([exe, *args], stdin)))
     plan.append(("qemu", lambda: timed([*base, exe, *args], stdin)))
-    for mode in PLUGIN_MODES:
+    for mode in PLUGIN_MODES if "plugin" in rows else ():
         opts = f"{plugin},out=/dev/null,{mode}"
         plan.append((f"qemu+plugin >/dev/null {mode}",
                      lambda o=opts: timed([*base, "-plugin", o, exe, *args], stdin)))
-    for mode in STREAM_MODES:
-        plan.append((f"qemu+plugin -> emu reader {mode}", lambda m=mode: stream(m)))
-    plan.append((f"  the same through the FIFO {STREAM_MODES[0]}",
-                 lambda: stream(STREAM_MODES[0], ring=0)))
+    if "reader" in rows:
+        for mode in STREAM_MODES:
+            plan.append((f"qemu+plugin -> emu reader {mode}", lambda m=mode: stream(m)))
+        plan.append((f"  the same through the FIFO {STREAM_MODES[0]}",
+                     lambda: stream(STREAM_MODES[0], ring=0)))
     skipped = None
+    rec = BENCH / f"bench-{arch}-{title.split()[0]}.emutrace"
+    if "replay" in rows:
+        rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
-        plan.append(("emu run", lambda: timed([emu, "run", "--", exe, *args], stdin)))
+        if "emu" in rows:
+            plan.append(("emu run", lambda: emu_timed("emu run", [emu, "run", "-q", "--", exe,
+                                                                  *args])))
+        if "prev" in rows:
+            # The default before the micro-TLB became the profiles' L0 level.
+            plan.append(("emu run --utlb 0 (previous default)", lambda: emu_timed(
+                "emu run --utlb 0 (previous default)",
+                [emu, "run", "-q", "--utlb", "0", "--", exe, *args])))
+        if "replay" in rows:
+            def replay(opts=()):
+                if not rec.exists():
+                    timed([emu, "run", "-q", "--no-hw", "--record", str(rec), "--", exe, *args],
+                          stdin)
+                return emu_timed(f"emu replay {' '.join(opts)}".strip(),
+                                 [emu, "replay", "-q", *opts, str(rec)])
+            plan.append(("emu replay", replay))
+            plan.append(("emu replay --thp never", lambda: replay(("--thp", "never"))))
     else:
         skipped = "skipped: --no-emu-run" if emu else "skipped: `emu run` not available yet"
     times: dict[str, list[float]] = {name: [] for name, _ in plan}
@@ -195,16 +262,30 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
     if skipped:
         rows.append(("emu run", None, skipped))
     plain = next((t for n, t, _ in rows if n == "qemu"), None)
+    nrec = None
+    if rec.exists():
+        from emu.trace.reader import iter_batches as _ib
+        nrec = sum(len(b.events) for b in _ib(str(rec)))
     print(f"\n{arch}  {title}  (best of {repeat} interleaved rounds)")
     for name, t, note in rows:
         if t is None:
             print(f"  {name:42s} {'-':>8s}          {note}")
             continue
         ratio = f"{t / plain:6.2f}x" if plain else ""
-        print(f"  {name:42s} {t:8.2f}s {ratio}  {note}")
+        extra = f"  peak PSS {peaks[name] / 2**20:6.0f} MiB" if peaks.get(name) else ""
+        if name.startswith("emu replay") and nrec:
+            extra += f"  {nrec / t / 1e6:5.1f} M events/s"
+        print(f"  {name:42s} {t:8.2f}s {ratio}{extra}  {note}")
     for m, n in events.items():
         print(f"  events decoded ({m}): {n:,}")
+    if nrec:
+        print(f"  events in the recording (default micro-TLB): {nrec:,}")
     sys.stdout.flush()
+    RESULTS.append({"arch": arch, "workload": title, "repeat": repeat,
+                    "rows": [{"row": n, "seconds": t, "ratio": t / plain if t and plain else None,
+                              "peak_pss_bytes": peaks.get(n), "all": times[n], "note": note}
+                             for n, t, note in rows],
+                    "events_decoded": events, "recording_events": nrec})
 
 
 def main() -> int:
@@ -214,13 +295,32 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="10M iterations, 4 MB gzip input")
     ap.add_argument("--no-emu-run", action="store_true", help="skip the full `emu run` row")
+    ap.add_argument("--rows", default=",".join(ROW_GROUPS),
+                    help=f"row groups besides plain QEMU (of {','.join(ROW_GROUPS)})")
+    ap.add_argument("--json", metavar="FILE", help="also write the raw numbers as JSON")
+    ap.add_argument("--plugin-modes", default=",".join(m.replace(",", "+") for m in PLUGIN_MODES),
+                    help="plugin options of the `plugin` rows, `+` between options")
     a = ap.parse_args()
+    rows = set(a.rows.split(",")) - {""}
+    PLUGIN_MODES[:] = [m.replace("+", ",") for m in a.plugin_modes.split(",") if m]
+    if rows - set(ROW_GROUPS):
+        print(f"benchmarks: unknown row group(s) {sorted(rows - set(ROW_GROUPS))}",
+              file=sys.stderr)
+        return 2
     try:
         for arch in a.arch.split(","):
-            bench(arch, a.workload.split(","), a.repeat, a.quick, not a.no_emu_run)
+            bench(arch, a.workload.split(","), a.repeat, a.quick, not a.no_emu_run, rows)
     except EmuError as e:
         print(f"benchmarks: {e}", file=sys.stderr)
         return 2
+    if a.json:
+        import json
+        import platform
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:],
+            "host": platform.node(), "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(), "results": RESULTS}, indent=1) + "\n")
     return 0
 
 

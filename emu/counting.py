@@ -12,6 +12,7 @@ A worst-case sparse set (one page per block) costs 256 bytes per page.
 import numba as nb
 import numpy as np
 
+from emu.trace.columns import KIND_MASK
 from emu.trace.events import PAGE_SHIFT, READ, WRITE
 
 BLOCK_SHIFT = 4                      # pages per block = 16 (64 KiB)
@@ -40,7 +41,7 @@ def _count(dir_ent, counts_rw, nr_rows, kinds, addrs, counts, start):
     last_row = 0
     off_mask = np.uint64(BLOCK_PAGES - 1)
     for i in range(start, kinds.shape[0]):
-        k = kinds[i]
+        k = kinds[i] & KIND_MASK       # micro-TLB hits count too (columns.KIND_ABSORBED)
         if k != READ and k != WRITE:
             continue
         page = addrs[i] >> np.uint64(PAGE_SHIFT)

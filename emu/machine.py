@@ -28,8 +28,7 @@ from emu.oracle import Oracle
 from emu.pcs import PcCounts, record_pcs
 from emu.report.khugepaged import CollapseLog
 from emu.trace import events as ev
-from emu.trace.columns import Columns
-from emu.trace.format import F_ABSORBED
+from emu.trace.columns import Columns, absorbed_counts
 
 # A fault the kernel says it fixed may fault again (COW after a read fault, a
 # split): this many tries on one access, then it counts as unresolved.
@@ -233,7 +232,8 @@ class Machine:
             kinds, addrs, counts = col.kinds[a:b], col.addrs[a:b], col.counts[a:b]
             proc.pages.add(kinds, addrs, counts)
             if self.hw is not None and self.kernel is not None:
-                flags = col.flags[a:b]
+                if self.options.utlb:
+                    self._absorbed(vcpu, kinds, counts)
                 icounts = events["icount"][lo + a:lo + b]
                 pcs = record_pcs(kinds, addrs) if self.options.annotate else None
                 start = 0
@@ -242,9 +242,6 @@ class Machine:
                     end = self._until_next_step(th, icounts, start)
                     k_, a_, c_ = kinds[start:end], addrs[start:end], counts[start:end]
                     i_ = icounts[start:end]
-                    if self.options.utlb:
-                        k_, a_, c_, i_ = self._absorbed(vcpu, flags[start:end], k_, a_, c_,
-                                                        i_)
                     self._translate(th, k_, a_, c_, i_,
                                     None if pcs is None else pcs[start:end])
                     if end < b - a:
@@ -289,19 +286,12 @@ class Machine:
                 agent.step()
         self._run_khugepaged(now)
 
-    def _absorbed(self, cpu: int, flags: np.ndarray, kinds: np.ndarray, addrs: np.ndarray,
-                  counts: np.ndarray, icounts: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Count the micro-TLB's hits as TLB accesses; only its misses go to the TLBs."""
-        hit = (flags & F_ABSORBED).astype(bool)
-        if not hit.any():
-            return kinds, addrs, counts, icounts
-        loads = int(counts[hit & (kinds == ev.READ)].sum())
-        stores = int(counts[hit & (kinds == ev.WRITE)].sum())
-        self.hw.absorb(cpu % self.hw.nr_cpus, loads, stores)
-        self.utlb_hits += loads + stores
-        keep = ~hit
-        return kinds[keep], addrs[keep], counts[keep], icounts[keep]
+    def _absorbed(self, cpu: int, kinds: np.ndarray, counts: np.ndarray) -> None:
+        """Count the micro-TLB's hits as loads and stores; the TLB model skips them."""
+        loads, stores = absorbed_counts(kinds, counts)
+        if loads or stores:
+            self.hw.absorb(cpu % self.hw.nr_cpus, int(loads), int(stores))
+            self.utlb_hits += int(loads) + int(stores)
 
     def _translate(self, th: Thread, kinds: np.ndarray, addrs: np.ndarray,
                    counts: np.ndarray, icounts: np.ndarray,
@@ -345,7 +335,7 @@ class Machine:
                 if pcs is not None:
                     self.annotations.add("collapse_stall", pid, pcs[i:i + 1])
                 if cleared is not None:
-                    th.collapse_tlb_hits += self._in_range(addrs[:i], cleared)
+                    th.collapse_tlb_hits += self._in_range(kinds[:i], addrs[:i], cleared)
                     cleared = None
                 t = int(icounts[i]) * self.options.ns_per_insn
                 self._wait_for_collapse(th, mm, t + th.stall_ns)
@@ -365,11 +355,12 @@ class Machine:
                 i += 1
                 retries = 0
         if cleared is not None:
-            th.collapse_tlb_hits += self._in_range(addrs, cleared)
+            th.collapse_tlb_hits += self._in_range(kinds, addrs, cleared)
 
     @staticmethod
-    def _in_range(addrs: np.ndarray, r: tuple[int, int]) -> int:
-        return int(np.count_nonzero((addrs >= r[0]) & (addrs < r[1])))
+    def _in_range(kinds: np.ndarray, addrs: np.ndarray, r: tuple[int, int]) -> int:
+        """Records into r that the TLBs looked up (micro-TLB hits never reach them)."""
+        return int(np.count_nonzero((kinds <= ev.FETCH) & (addrs >= r[0]) & (addrs < r[1])))
 
     def _note_collapse(self, e: Any) -> None:
         att = e.args["attempt"]

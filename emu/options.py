@@ -113,10 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a guest binary under QEMU with the model",
                          usage="emu run [options] -- BINARY [ARGS...]")
     run.add_argument("--record", metavar="FILE", help="also record the event stream to FILE")
-    run.add_argument("--utlb", type=int, default=0, metavar="N",
-                     help="a per-vCPU micro-TLB of N entries (power of two, at most 256) in"
-                          " the plugin, in front of the L1 TLB: far fewer events on programs"
-                          " with locality, exact access counts (docs/trace-format.md)")
+    run.add_argument("--utlb", type=int, default=None, metavar="N",
+                     help="entries of the per-vCPU micro-TLB (L0, in the plugin, in front of"
+                          " the L1 dTLB; power of two up to 256, 0 for none); default: the"
+                          " profile's [utlb] level (64); access counts stay exact"
+                          " (docs/trace-format.md)")
     run.add_argument("--annotate", action="store_true",
                      help="record each access run's instruction address (the plugin's pc=1;"
                           " slower) and attribute TLB misses, walks, page faults and collapse"

@@ -373,16 +373,25 @@ def run(args: argparse.Namespace) -> int:
     if args.args[:1] == ["--"]:      # `emu run BINARY -- ARGS` on older argparse
         args.args = args.args[1:]
     _check_outputs(args)
-    if args.utlb and (args.utlb & (args.utlb - 1) or args.utlb > 256) or args.utlb < 0:
+    if args.utlb is not None and (args.utlb & (args.utlb - 1) or args.utlb > 256
+                                  or args.utlb < 0):
         raise EmuError(f"--utlb {args.utlb}: give 0 or a power of two up to 256")
     if args.annotate and args.utlb:
         raise EmuError("--annotate and --utlb: give one (a micro-TLB hit has no instruction"
-                       " address in the stream)")
+                       " address in the stream; --annotate runs without the L0 level)")
     args.binary = resolve_binary(args.binary)
     elf = inspect_elf(args.binary)
     sysroot = check_program(args.binary, elf.arch, elf.interp, args.sysroot)
     plan = plan_model(elf.arch, args)
     interp = interp_elf(elf, sysroot)
+    if args.utlb is None:
+        # The micro-TLB is the profile's L0 level; with --no-hw, nothing looks the
+        # misses up, and the default profile's size only shortens the stream.
+        from emu.arch.profile import default_profile, load_profile
+        # --oracle checks every access, and --annotate needs each access run's
+        # instruction address, so both get the whole stream.
+        args.utlb = 0 if getattr(args, "oracle", False) or args.annotate else \
+            (plan.profile or load_profile(default_profile(elf.arch))).utlb
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,
             "elf": _elf_meta(elf), "utlb": args.utlb,

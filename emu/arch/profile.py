@@ -68,6 +68,10 @@ class Profile:
     pcid: bool = True          # x86 PCID/INVPCID
     invlpgb: bool = False      # AMD broadcast invalidation present (not used yet)
     sources: tuple[str, ...] = field(default_factory=tuple)
+    # L0: the per-vCPU micro-TLB the plugin runs in front of the L1 (data accesses,
+    # direct-mapped by (4 KiB page, read/write)); 0 = none.  docs/trace-format.md.
+    utlb: int = 0
+    utlb_source: str = ""
 
 
 def list_profiles(arch: str | None = None) -> list[str]:
@@ -151,6 +155,10 @@ def load_profile(name_or_path: str) -> Profile:
                 raise EmuError(f"{w}: level must be 0, 1 or 2")
             pscs.append(PscSpec(c["name"], c["level"], c["entries"], c["ways"],
                                 c.get("source", "")))
+        utlb = raw.get("utlb", {})
+        utlb_n = utlb.get("entries", 0)
+        if not isinstance(utlb_n, int) or not 0 <= utlb_n <= 256 or utlb_n & (utlb_n - 1):
+            raise EmuError(f"{where} [utlb]: entries must be 0 or a power of two up to 256")
         repl = raw.get("replacement", "lru")
         if repl not in REPLACEMENTS:
             raise EmuError(f"{where}: replacement {repl!r} not supported ({REPLACEMENTS})")
@@ -159,7 +167,8 @@ def load_profile(name_or_path: str) -> Profile:
             tlbs=tuple(tlbs), pscs=tuple(pscs), replacement=repl,
             coalesce=int(raw.get("coalesce", 0)), tlbi_range=bool(raw.get("tlbi_range", False)),
             hafdbs=bool(raw.get("hafdbs", True)), pcid=bool(raw.get("pcid", True)),
-            invlpgb=bool(raw.get("invlpgb", False)), sources=tuple(raw.get("sources", ())))
+            invlpgb=bool(raw.get("invlpgb", False)), sources=tuple(raw.get("sources", ())),
+            utlb=utlb_n, utlb_source=str(utlb.get("source", "")))
     except (KeyError, TypeError) as e:
         raise EmuError(f"{where}: missing or malformed field {e}") from None
     if prof.coalesce not in (0, 4):

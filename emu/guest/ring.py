@@ -31,7 +31,10 @@ from emu.guest.backlog import Backlogged
 
 RING_MAGIC = 0x31474E4952554D45   # "EMURING1"
 RING_CTL = 4096                   # control page; the data follow
-RING_BYTES = 64 << 20             # default data size
+# Default data size.  16 MiB (was 64): the ring is in both QEMU's and emu's
+# resident memory, and 1-64 MiB measured the same speed (docs/pipeline-speed.md);
+# the prefetch backlog, not the ring, covers the model's start-up.
+RING_BYTES = 16 << 20
 CHUNK_MAGIC = 0x43554D45          # docs/trace-format.md
 _CLOSED, _ATTACHED, _HEAD, _TAIL = 20, 24, 64, 128   # magic, cap, consumer at 0, 8, 16
 _WAIT_MS = 2                      # poll interval while the ring is empty
@@ -128,9 +131,10 @@ class RingStream(Backlogged):
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN | select.POLLHUP)
         self._writers_gone = False
-        # The default ring holds ~0.5 s of QEMU's output: enough to serve the
-        # backlog from, so the prefetch thread stops at the first read.
-        self.drain_while_backlogged = ring.cap < RING_BYTES // 2
+        # The ring holds ~0.06 s of QEMU's output on `random`: too little to serve
+        # the start-up backlog from, so the prefetch thread keeps draining while
+        # the reader works the backlog off (up to backlog.PREFETCH_MAX in all).
+        self.drain_while_backlogged = True
         self.unfinished = 0   # bytes reserved but never published (a writer was killed)
 
     def _wait(self) -> bool:

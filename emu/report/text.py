@@ -120,8 +120,8 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         lines += _neutral_lines(tlb.get("neutral"))
         utlb = tlb.get("utlb") or {}
         if utlb.get("entries"):
-            add(f"{_n(utlb['hits'])}      micro-TLB hits (--utlb {utlb['entries']}: counted as"
-                " TLB accesses without a lookup)")
+            add(f"{_n(utlb['hits'])}      L0 micro-TLB hits ({utlb['entries']} entries: in"
+                " the loads and stores, no L1 lookup)")
         if tlb.get("no_vcpu"):
             add("   issued by khugepaged's CPU (no vCPU): " + ", ".join(
                 f"{k.removeprefix('flush.').removesuffix('.issued')} {v:,}"

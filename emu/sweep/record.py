@@ -42,8 +42,7 @@ def record(w: Workload, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     cmd = [sys.executable, "-m", "emu.cli", "run", "-q", "--no-hw", "--force", "--record",
            str(tmp)]
-    if w.utlb:
-        cmd += ["--utlb", str(w.utlb)]
+    cmd += ["--utlb", str(w.utlb)]     # explicit: a grid's workload says its micro-TLB
     if w.sysroot:
         cmd += ["--sysroot", w.sysroot]
     cmd += ["--", str(w.binary), *w.args]

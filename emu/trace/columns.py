@@ -8,7 +8,15 @@ than the host's L2), so one kernel gathers every column in a single pass.
 import numpy as np
 from numba import njit
 
-from emu.trace.events import FETCH, PC
+from emu.trace.events import FETCH, PC, READ, WRITE
+from emu.trace.format import F_ABSORBED
+
+# A READ or WRITE the plugin's micro-TLB absorbed has this bit set in its kinds
+# column: the page counts take it (kind & KIND_MASK), the TLB model skips it
+# (kinds above FETCH make no lookup), absorbed_counts sums it.  The bit lies above
+# every record kind (PC is 9), so masking never turns another kind into an access.
+KIND_ABSORBED = 16
+KIND_MASK = 15
 
 
 @njit(cache=True, nogil=True)
@@ -37,13 +45,27 @@ def access_columns(events, lo, hi, kinds, addrs, counts, flags, starts):
             n_runs += 1
             pid = e.pid
             vcpu = e.vcpu
-        kinds[j] = e.kind
+        kinds[j] = e.kind | (KIND_ABSORBED if e.pad & F_ABSORBED and e.kind <= WRITE else 0)
         addrs[j] = e.addr
         counts[j] = e.count
         flags[j] = e.pad
         n_fetch += e.kind == FETCH
     starts[n_runs] = end - lo
     return end, n_runs, n_fetch
+
+
+@njit(cache=True, nogil=True)
+def absorbed_counts(kinds, counts):
+    """(loads, stores) of the absorbed records among kinds/counts (one pass)."""
+    loads = np.uint64(0)
+    stores = np.uint64(0)
+    for i in range(kinds.shape[0]):
+        k = kinds[i]
+        if k == KIND_ABSORBED | READ:
+            loads += counts[i]
+        elif k == KIND_ABSORBED | WRITE:
+            stores += counts[i]
+    return loads, stores
 
 
 class Columns:

@@ -124,6 +124,18 @@ class _ZstdSource:
         f.seek(base)
 
     def readinto(self, mv: memoryview) -> int:
+        """Fill mv with as much of the decompressed stream as is at hand (0: its end)."""
+        got = 0
+        while got < len(mv):
+            if got and not self._pending and not self._left:
+                break                    # the end check runs on the next call, once
+            n = self._readinto_some(mv[got:])
+            if not n:
+                break
+            got += n
+        return got
+
+    def _readinto_some(self, mv: memoryview) -> int:
         while not self._pending:
             if not self._left:
                 self._check_end()
@@ -337,8 +349,8 @@ def _sync_batches(src, name, is_rec, recorder, batch_chunks, partial=False,
                 eof = True
                 break
             got += n
-            if n < FEED_MIN // 4:
-                time.sleep(PIPE_WAIT)
+            if n < FEED_MIN // 4 and not is_rec:
+                time.sleep(PIPE_WAIT)      # a live stream ran dry (a recording never waits)
         if not got:
             break
         if recorder is not None:

@@ -125,7 +125,7 @@ def _check_max_ptes_none(r: Run) -> None:
 
 def _check_gzip(r: Run) -> None:
     _summary(r)
-    assert "micro-TLB hits (--utlb 64" in r.stderr
+    assert "L0 micro-TLB hits (64 entries" in r.stderr
     done = subprocess.run(["gzip", "-dc", str(r.cwd / "big.gz")], capture_output=True,
                           check=True)
     assert done.stdout == (r.cwd / "big.txt").read_bytes()

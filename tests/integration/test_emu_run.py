@@ -205,15 +205,17 @@ def test_qemu_missing_one_line_exit_2(tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_micro_tlb_keeps_counts_exact_and_replays(tmp_path, arch):
-    """--utlb: fewer events, the same accesses, pages and dTLB loads/stores; replay equal."""
+    """The default micro-TLB (the profile's L0, 64 entries) against --utlb 0: fewer
+    events, the same accesses, pages and dTLB loads/stores; replay equal."""
     binary = guest(arch, "touch")
     gargs = ["-m", "4", "-p", "strided", "-s", "3", "-k", "rw"]
-    plain, truth = run_json(tmp_path, binary, *gargs)
+    plain, truth = run_json(tmp_path, binary, *gargs, opts=("--utlb", "0"))
+    assert plain["tlb"]["utlb"] == {"entries": 0, "hits": 0}
     rec = tmp_path / "u.emutrace"
     out = tmp_path / "u.json"
-    emu("run", "-q", "--utlb", "64", "--record", str(rec), "--json", str(out), "--",
-        binary, *gargs)
+    emu("run", "-q", "--record", str(rec), "--json", str(out), "--", binary, *gargs)
     micro = json.loads(out.read_text())
+    assert micro["tlb"]["utlb"]["entries"] == 64
     assert micro["events"] < plain["events"]
     # The hits are the accesses of the records the plugin flagged absorbed, counted
     # straight from the recording's events.

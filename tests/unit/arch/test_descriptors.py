@@ -3,7 +3,7 @@
 import pytest
 
 from emu.arch import PROT_EXEC, PROT_READ, PROT_WRITE, get_arch
-from emu.arch.profile import list_profiles, load_profile
+from emu.arch.profile import PROFILE_DIR, list_profiles, load_profile
 from emu.errors import EmuError
 
 RW = PROT_READ | PROT_WRITE
@@ -148,6 +148,10 @@ def test_profiles_load():
         assert p.sources and all(t.entries % t.ways == 0 for t in p.tlbs)
     assert load_profile("neoverse_v2").tlbi_range and not load_profile("neoverse_n1").tlbi_range
     assert load_profile("zen4").coalesce == 4
+    # Every profile models the plugin's L0 micro-TLB, and says it is emu's choice.
+    for n in names:
+        p = load_profile(n)
+        assert p.utlb == 64 and "[U]" in p.utlb_source
 
 
 def test_bad_profile_is_user_error(tmp_path):
@@ -158,3 +162,10 @@ def test_bad_profile_is_user_error(tmp_path):
                    'sizes=["4k"]\nentries=10\nways=3\n')
     with pytest.raises(EmuError):
         load_profile(str(bad))
+    good = (PROFILE_DIR / "generic-x86_64.toml").read_text()
+    assert "entries = 64\nsource = \"[U] emu's choice\"" in good
+    for entries in ("48", "512", "-4", '"64"'):
+        bad.write_text(good.replace("entries = 64\nsource = \"[U]",
+                                    f"entries = {entries}\nsource = \"[U]"))
+        with pytest.raises(EmuError, match=r"\[utlb\]: entries must be 0 or a power of two"):
+            load_profile(str(bad))
