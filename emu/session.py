@@ -389,8 +389,12 @@ def run(args: argparse.Namespace) -> int:
         # misses up, and the default profile's size only shortens the stream.
         from emu.arch.profile import default_profile, load_profile
         # --oracle checks every access, and --annotate needs each access run's
-        # instruction address, so both get the whole stream.
-        args.utlb = 0 if getattr(args, "oracle", False) or args.annotate else \
+        # instruction address, so both get the whole stream; so does a run with
+        # khugepaged, whose flushes between syscalls would not reach the plugin's
+        # micro-TLB (docs/collapse.md).
+        whole = getattr(args, "oracle", False) or args.annotate or \
+            (args.khugepaged != "off" and not args.no_hw)
+        args.utlb = 0 if whole else \
             (plan.profile or load_profile(default_profile(elf.arch))).utlb
     argv = [args.binary, *args.args]
     meta = {"arch": elf.arch, "binary": os.path.abspath(args.binary), "argv": argv,

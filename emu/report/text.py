@@ -152,6 +152,11 @@ def render(result: dict[str, Any], verbose: bool = False) -> str:
         add(render_report(kh))
         if kh.get("idle_reason"):
             add(f"   khugepaged never ran: {kh['idle_reason']}")
+        utlb = (result.get("tlb") or {}).get("utlb") or {}
+        if utlb.get("entries"):
+            add(f"   note: the recording's {utlb['entries']}-entry micro-TLB (L0) is not reached"
+                " by the collapses' flushes; up to that many pages per vCPU kept hitting"
+                " after one (record with --utlb 0 to study collapses)")
         stalls = result["khugepaged"].get("guest_stalls", {})
         if stalls.get("count"):
             add(f"   guest threads waited for a collapse's lock: {stalls['count']:,} times,"
