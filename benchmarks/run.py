@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Time emu's pipeline against plain QEMU (a script, not a test).
 
-    .venv/bin/python benchmarks/run.py [--arch x86_64,arm64] [--workload random,gzip]
+    .venv/bin/python benchmarks/run.py [--arch x86_64,arm64]
+                                       [--workload random,gzip,sort,threads]
                                        [--repeat N] [--quick] [--rows GROUPS]
                                        [--plugin-modes M1,M2] [--json FILE]
+                                       [--scaling] [--plot FILE]
 
-Workloads: `random` (build/guest/<arch>/random -m 64 -i 100M -q) and busybox
-gzip of a generated 20 MB file (x86-64: /bin/busybox; arm64: Debian's
-busybox-static arm64 .deb, fetched once into build/bench/).  Rows: native
-(x86-64 only), plain QEMU, QEMU + plugin writing to /dev/null (both icount
+Workloads: `random` (build/guest/<arch>/random -m 64 -i 100M -q), busybox gzip
+of a generated 20 MB file and busybox sort of a generated 8 MB file of lines
+(x86-64: /bin/busybox; arm64: Debian's busybox-static arm64 .deb, fetched once
+into build/bench/), and `threads`, the multi-threaded guest
+build/guest/<arch>/rwthreads (4 threads over 64 MiB, 40 M accesses in all).
+Rows: native (x86-64 only), plain QEMU, the peer anchor QEMU + its contrib
+`cache` plugin (libcache.so, built here from Debian's source package of the
+installed QEMU into build/bench/, never committed), QEMU + plugin writing to /dev/null (both icount
 modes), QEMU + plugin streaming to emu's reader (decode only, no model) through
 the shared-memory ring and, for comparison, through the FIFO alone, and the
 full `emu run` (default, and `--utlb 0`, the default before 2026-12-02) with the
@@ -17,12 +23,19 @@ run.  Every ratio is to plain QEMU measured in the same run.  docs/performance.m
 has the method and the latest table.
 Times are wall-clock seconds, the best of --repeat rounds; each round runs
 every row once, in turn, so that the machine's drift hits all rows alike.
+The run ends with one summary table (ratios to plain QEMU, every workload).
+
+--scaling adds the scaling tables: `random -m N` for N = 16 MiB .. 1 GiB and
+`rwthreads -t T` for T = 1 .. 8 (the same total accesses), `emu run` default
+against plain QEMU, interleaved, with a matplotlib plot (--plot FILE, PNG).
 """
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,6 +49,7 @@ from emu.trace import iter_batches  # noqa: E402
 
 BENCH = REPO / "build" / "bench"
 GZIP_MB = 20
+SORT_MB = 8
 # Plugin options timed: exact per-vCPU icount (default), the inline counter,
 # and each with a 64-entry micro-TLB (docs/trace-format.md).
 PLUGIN_MODES = ["icount=tb", "icount=inline", "icount=tb,utlb=64", "icount=inline,utlb=64"]
@@ -63,6 +77,88 @@ def make_gzip_input(mb: int) -> Path:
     data = (" ".join(out).encode() + b"\n")[: mb << 20]
     path.write_bytes(data)
     return path
+
+
+def make_sort_input(mb: int) -> Path:
+    """A deterministic text of short lines (1-6 words each) for busybox sort."""
+    path = BENCH / f"sort-input-{mb}MB.txt"
+    if path.exists() and path.stat().st_size == mb << 20:
+        return path
+    BENCH.mkdir(parents=True, exist_ok=True)
+    out, state, size = [], 54321, 0
+    while size < mb << 20:
+        state = (state * 6364136223846793005 + 1442695040888963407) & (2**64 - 1)
+        n = 1 + (state >> 60) % 6
+        line = " ".join(f"w{(state >> (8 * k + 3)) & 0xfffff:x}" for k in range(n))
+        out.append(line)
+        size += len(line) + 1
+    data = "\n".join(out).encode()[: (mb << 20) - 1] + b"\n"
+    path.write_bytes(data)
+    return path
+
+
+# The peer anchor: QEMU's contrib cache plugin, built once per run (None: why not).
+_CACHE_PLUGIN: dict[str, object] = {}
+
+
+def contrib_cache_plugin() -> tuple[Path | None, str]:
+    """Build contrib/plugins/cache.c of Debian's source package of the installed
+    qemu-user (the same way setup.sh fetches qemu-plugin.h) into build/bench/.
+
+    Returns (path, "") or (None, a one-line reason)."""
+    if "result" in _CACHE_PLUGIN:
+        return _CACHE_PLUGIN["result"]  # type: ignore[return-value]
+    out = BENCH / "libcache.so"
+
+    def done(path, why=""):
+        _CACHE_PLUGIN["result"] = (path, why)
+        if why:
+            log(f"contrib cache plugin: {why}")
+        return path, why
+
+    if out.exists():
+        return done(out)
+    header = REPO / "build" / "include" / "qemu-plugin.h"
+    if not header.exists():
+        return done(None, f"{header.relative_to(REPO)} missing (run setup.sh)")
+    for tool in ("gcc", "pkg-config", "apt-get", "tar"):
+        if not shutil.which(tool):
+            return done(None, f"no {tool} on PATH")
+    ver = subprocess.run(["dpkg-query", "-W", "-f=${source:Version}", "qemu-user"],
+                         capture_output=True, text=True).stdout.strip()
+    if not ver:
+        return done(None, "qemu-user is not installed (dpkg-query)")
+    glib = subprocess.run(["pkg-config", "--cflags", "--libs", "glib-2.0"],
+                          capture_output=True, text=True)
+    if glib.returncode != 0:
+        return done(None, "no glib-2.0 development files (apt-get install libglib2.0-dev)")
+    src = BENCH / "qemu-src"
+    src.mkdir(parents=True, exist_ok=True)
+    orig = sorted(src.glob("qemu_*.orig.tar.xz"))
+    if not orig:
+        # setup.sh's deb-src entries (emu-deb-src.sources) make this work.
+        r = subprocess.run(["apt-get", "source", "--download-only", "-q", f"qemu={ver}"],
+                           cwd=src, capture_output=True, text=True)
+        orig = sorted(src.glob("qemu_*.orig.tar.xz"))
+        if not orig:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            return done(None, f"apt-get source qemu={ver} failed: {last}")
+    with tempfile.TemporaryDirectory(prefix="emu-cache-plugin-") as tmp:
+        r = subprocess.run(["tar", "-xJf", str(orig[0]), "-C", tmp, "--wildcards",
+                            "*/contrib/plugins/cache.c"], capture_output=True, text=True)
+        cfile = next(Path(tmp).glob("*/contrib/plugins/cache.c"), None)
+        if cfile is None:
+            last = (r.stderr.strip().splitlines() or ["not in the tarball"])[-1]
+            return done(None, f"contrib/plugins/cache.c: {last}")
+        r = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{header.parent}",
+                            *glib.stdout.split(), "-o", str(out), str(cfile)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            out.unlink(missing_ok=True)
+            err = [ln for ln in r.stderr.splitlines() if "error" in ln] or ["gcc failed"]
+            return done(None, f"gcc: {err[0].strip()}")
+    log(f"contrib cache plugin: built {out} from Debian's qemu {ver}")
+    return done(out)
 
 
 def arm64_busybox() -> Path | None:
@@ -162,9 +258,17 @@ def emu_cli() -> str | None:
     return str(exe) if p.returncode == 0 else None
 
 
+def busybox(arch: str) -> Path | None:
+    bb = Path("/bin/busybox") if arch == "x86_64" else arm64_busybox()
+    return bb if bb is not None and bb.exists() else None
+
+
 def workloads(arch: str, names: list[str], quick: bool):
     iters = 10_000_000 if quick else 100_000_000
     mb = 4 if quick else GZIP_MB
+    sort_mb = 4 if quick else SORT_MB
+    # rwthreads: 4 threads, each 1/4 of the accesses.
+    thr_iters = 2_000_000 if quick else 10_000_000
     if "random" in names:
         exe = REPO / "build" / "guest" / arch / "random"
         if exe.exists():
@@ -178,10 +282,24 @@ def workloads(arch: str, names: list[str], quick: bool):
             log(f"skip gzip/{arch}: no busybox-static for {arch}")
         else:
             yield f"busybox gzip {mb}MB", str(bb), ["gzip", "-c"], make_gzip_input(mb)
+    if "sort" in names:
+        bb = busybox(arch)
+        if bb is None:
+            log(f"skip sort/{arch}: no busybox-static for {arch}")
+        else:
+            yield f"busybox sort {sort_mb}MB", str(bb), ["sort"], make_sort_input(sort_mb)
+    if "threads" in names:
+        exe = REPO / "build" / "guest" / arch / "rwthreads"
+        if exe.exists():
+            yield (f"rwthreads 4x{thr_iters // 1_000_000}M 64MiB", str(exe),
+                   ["-t", "4", "-m", "64", "-i", str(thr_iters)], None)
+        else:
+            log(f"skip threads/{arch}: {exe} not built (make guests)")
 
 
+CACHE_ROW = "qemu+contrib cache plugin (peer)"
 # Row groups (--rows): every run has plain QEMU, the reference of every ratio.
-ROW_GROUPS = ("native", "plugin", "reader", "emu", "prev", "replay")
+ROW_GROUPS = ("native", "cache", "plugin", "reader", "emu", "prev", "replay")
 RESULTS: list[dict] = []
 
 
@@ -213,6 +331,13 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
     if arch == "x86_64" and "native" in rows:
         plan.append(("native", lambda: timed([exe, *args], stdin)))
     plan.append(("qemu", lambda: timed([*base, exe, *args], stdin)))
+    if "cache" in rows:
+        def cache_row():
+            lib, why = contrib_cache_plugin()
+            if lib is None:
+                raise RuntimeError(why)
+            return timed([*base, "-plugin", str(lib), exe, *args], stdin)
+        plan.append((CACHE_ROW, cache_row))
     for mode in PLUGIN_MODES if "plugin" in rows else ():
         opts = f"{plugin},out=/dev/null,{mode}"
         plan.append((f"qemu+plugin >/dev/null {mode}",
@@ -223,7 +348,7 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
         plan.append((f"  the same through the FIFO {STREAM_MODES[0]}",
                      lambda: stream(STREAM_MODES[0], ring=0)))
     skipped = None
-    rec = BENCH / f"bench-{arch}-{title.split()[0]}.emutrace"
+    rec = BENCH / f"bench-{arch}-{'-'.join(title.split()[:2])}.emutrace"
     if "replay" in rows:
         rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
@@ -256,7 +381,7 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
             try:
                 times[name].append(f())
             except (RuntimeError, EmuError, OSError) as e:
-                notes[name] = f"failed: {e}"
+                notes[name] = str(e) if name == CACHE_ROW else f"failed: {e}"
     rows = [(name, min(times[name]) if times[name] else None, notes.get(name, ""))
             for name, _ in plan]
     if skipped:
@@ -288,18 +413,137 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                     "events_decoded": events, "recording_events": nrec})
 
 
+def summary() -> None:
+    """The run's one table: a row per measured row, a column per (arch, workload),
+    cells `ratio (seconds)`, plain QEMU in seconds; markdown, for docs."""
+    if not RESULTS:
+        return
+    cols = [f"{r['arch']} {r['workload']}" for r in RESULTS]
+    names: list[str] = []
+    for r in RESULTS:
+        names += [x["row"] for x in r["rows"] if x["row"] not in names]
+    print("\nSummary (wall time / plain QEMU of the same run; peak PSS of `emu run`)\n")
+    print("| | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for n in names:
+        cells = []
+        for r in RESULTS:
+            x = next((x for x in r["rows"] if x["row"] == n), None)
+            if x is None:
+                cells.append("")
+            elif x["seconds"] is None:
+                cells.append(x["note"] or "-")
+            elif n == "qemu":
+                cells.append(f"{x['seconds']:.2f} s")
+            else:
+                pss = f", {x['peak_pss_bytes'] / 2**20:.0f} MiB" if x["peak_pss_bytes"] else ""
+                cells.append(f"{x['ratio']:.2f}x ({x['seconds']:.1f} s{pss})")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    sys.stdout.flush()
+
+
+SCALING: list[dict] = []
+SIZES_MIB = [16, 64, 256, 1024]
+THREADS = [1, 2, 4, 8]
+
+
+def scaling(arch: str, repeat: int, quick: bool) -> None:
+    """`emu run` default against plain QEMU over the working set and the threads."""
+    emu = emu_cli()
+    qemu = find_qemu(arch)
+    base = [qemu, "-L", "/" if arch == "x86_64" else "/usr/aarch64-linux-gnu"]
+    rnd = REPO / "build" / "guest" / arch / "random"
+    thr = REPO / "build" / "guest" / arch / "rwthreads"
+    iters = 10_000_000 if quick else 30_000_000
+    thr_total = 4_000_000 if quick else 16_000_000
+    points: list[tuple[str, int, str, list[str]]] = []
+    if rnd.exists():
+        points += [("working set (MiB)", m, str(rnd), ["-m", str(m), "-i", str(iters), "-q"])
+                   for m in SIZES_MIB]
+    if thr.exists():
+        points += [("threads", t, str(thr), ["-t", str(t), "-m", "64", "-i",
+                                             str(thr_total // t)]) for t in THREADS]
+    for axis, x, exe, args in points:
+        best: dict[str, float] = {}
+        peak, note = 0, ""
+        for r in range(repeat):
+            log(f"  scaling {arch} {axis}={x} (round {r + 1}/{repeat}) ...")
+            try:
+                t = timed([*base, exe, *args])
+                best["qemu"] = min(best.get("qemu", t), t)
+                if emu:
+                    t = timed([emu, "run", "-q", "--", exe, *args], sample=True)
+                    best["emu"] = min(best.get("emu", t), t)
+                    peak = max(peak, last_peak["pss"])
+            except (RuntimeError, OSError) as e:
+                note = f"failed: {e}"
+                break
+        SCALING.append({"arch": arch, "axis": axis, "x": x, "argv": [Path(exe).name, *args],
+                        "qemu_s": best.get("qemu"), "emu_s": best.get("emu"),
+                        "ratio": best["emu"] / best["qemu"] if "emu" in best and "qemu" in best
+                        else None, "peak_pss_bytes": peak or None, "repeat": repeat,
+                        "note": note})
+    print(f"\nScaling, {arch}: `emu run` (default) against plain QEMU, best of {repeat}\n")
+    print("| axis | value | guest | plain QEMU | `emu run` | ratio | peak PSS |")
+    print("|---|---|---|---|---|---|---|")
+    for p in (p for p in SCALING if p["arch"] == arch):
+        q = f"{p['qemu_s']:.2f} s" if p["qemu_s"] else "-"
+        e = f"{p['emu_s']:.2f} s" if p["emu_s"] else p["note"] or "-"
+        ratio = f"{p['ratio']:.2f}x" if p["ratio"] else "-"
+        pss = f"{p['peak_pss_bytes'] / 2**20:.0f} MiB" if p["peak_pss_bytes"] else "-"
+        print(f"| {p['axis']} | {p['x']} | `{' '.join(p['argv'])}` | {q} | {e} | {ratio} "
+              f"| {pss} |")
+    sys.stdout.flush()
+
+
+def plot_scaling(path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("scaling plot skipped: no matplotlib (.venv/bin/pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, axis, xlabel in ((axes[0], "working set (MiB)", "random -m N: working set (MiB)"),
+                             (axes[1], "threads", "rwthreads -t T: threads (same total)")):
+        for arch in sorted({p["arch"] for p in SCALING}):
+            pts = [p for p in SCALING if p["arch"] == arch and p["axis"] == axis and p["ratio"]]
+            if pts:
+                ax.plot([p["x"] for p in pts], [p["ratio"] for p in pts], "o-", label=arch)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("emu run / plain QEMU (wall time)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("emu run (default) against plain QEMU, " + time.strftime("%Y-%m-%d"))
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    log(f"scaling plot: {path}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="x86_64,arm64")
-    ap.add_argument("--workload", default="random,gzip")
+    ap.add_argument("--workload", default="random,gzip,sort,threads",
+                    help="of random,gzip,sort,threads; none: only --scaling")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="10M iterations, 4 MB gzip input")
+    ap.add_argument("--quick", action="store_true",
+                    help="10M iterations, 4 MB gzip and sort inputs, 4x2M rwthreads")
     ap.add_argument("--no-emu-run", action="store_true", help="skip the full `emu run` row")
     ap.add_argument("--rows", default=",".join(ROW_GROUPS),
                     help=f"row groups besides plain QEMU (of {','.join(ROW_GROUPS)})")
     ap.add_argument("--json", metavar="FILE", help="also write the raw numbers as JSON")
     ap.add_argument("--plugin-modes", default=",".join(m.replace(",", "+") for m in PLUGIN_MODES),
                     help="plugin options of the `plugin` rows, `+` between options")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also the working-set (16 MiB..1 GiB) and threads (1..8) scaling")
+    ap.add_argument("--plot", metavar="FILE",
+                    default=str(REPO / "benchmarks" / "results"
+                                / f"{time.strftime('%Y-%m-%d')}-scaling.png"),
+                    help="the scaling plot (PNG; default benchmarks/results/DATE-scaling.png)")
     a = ap.parse_args()
     rows = set(a.rows.split(",")) - {""}
     PLUGIN_MODES[:] = [m.replace("+", ",") for m in a.plugin_modes.split(",") if m]
@@ -308,8 +552,14 @@ def main() -> int:
               file=sys.stderr)
         return 2
     try:
-        for arch in a.arch.split(","):
-            bench(arch, a.workload.split(","), a.repeat, a.quick, not a.no_emu_run, rows)
+        names = [w for w in a.workload.split(",") if w and w != "none"]
+        for arch in a.arch.split(",") if names else ():
+            bench(arch, names, a.repeat, a.quick, not a.no_emu_run, rows)
+        summary()
+        if a.scaling:
+            for arch in a.arch.split(","):
+                scaling(arch, a.repeat, a.quick)
+            plot_scaling(a.plot)
     except EmuError as e:
         print(f"benchmarks: {e}", file=sys.stderr)
         return 2
@@ -320,7 +570,8 @@ def main() -> int:
         Path(a.json).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:],
             "host": platform.node(), "cpus": os.cpu_count(),
-            "loadavg_at_end": os.getloadavg(), "results": RESULTS}, indent=1) + "\n")
+            "loadavg_at_end": os.getloadavg(), "results": RESULTS, "scaling": SCALING},
+            indent=1) + "\n")
     return 0
 
 
