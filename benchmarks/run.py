@@ -512,6 +512,9 @@ def plot_scaling(path: str) -> None:
             if pts:
                 ax.plot([p["x"] for p in pts], [p["ratio"] for p in pts], "o-", label=arch)
         ax.set_xscale("log", base=2)
+        xs = sorted({p["x"] for p in SCALING if p["axis"] == axis})
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel("emu run / plain QEMU (wall time)")
         ax.set_ylim(bottom=0)
@@ -544,7 +547,14 @@ def main() -> int:
                     default=str(REPO / "benchmarks" / "results"
                                 / f"{time.strftime('%Y-%m-%d')}-scaling.png"),
                     help="the scaling plot (PNG; default benchmarks/results/DATE-scaling.png)")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="only redraw the scaling plot (--plot) from a --json file of a run")
     a = ap.parse_args()
+    if a.replot:
+        import json
+        SCALING[:] = json.loads(Path(a.replot).read_text()).get("scaling", [])
+        plot_scaling(a.plot)
+        return 0
     rows = set(a.rows.split(",")) - {""}
     PLUGIN_MODES[:] = [m.replace("+", ",") for m in a.plugin_modes.split(",") if m]
     if rows - set(ROW_GROUPS):
