@@ -501,10 +501,11 @@ def plot_scaling(path: str) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         log("scaling plot skipped: no matplotlib (.venv/bin/pip install matplotlib)")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, axis, xlabel in ((axes[0], "working set (MiB)", "random -m N: working set (MiB)"),
                              (axes[1], "threads", "rwthreads -t T: threads (same total)")):
         for arch in sorted({p["arch"] for p in SCALING}):
@@ -520,6 +521,24 @@ def plot_scaling(path: str) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
+    ax = axes[2]
+    for arch in sorted({p["arch"] for p in SCALING}):
+        pts = [p for p in SCALING if p["arch"] == arch and p["axis"] == "working set (MiB)"
+               and p["peak_pss_bytes"]]
+        if pts:
+            ax.plot([p["x"] for p in pts], [p["peak_pss_bytes"] / 2**20 for p in pts], "o-",
+                    label=f"{arch} peak PSS")
+    xs = SIZES_MIB
+    ax.plot(xs, [2 * x + 200 for x in xs], "k--", label="bound 2 x set + 200 MiB")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel("random -m N: working set (MiB)")
+    ax.set_ylabel("emu run peak PSS (MiB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
     fig.suptitle("emu run (default) against plain QEMU, " + time.strftime("%Y-%m-%d"))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
