@@ -349,7 +349,8 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                      lambda: stream(STREAM_MODES[0], ring=0)))
     skipped = None
     rec = BENCH / f"bench-{arch}-{'-'.join(title.split()[:2])}.emutrace"
-    if "replay" in rows:
+    want_replay = "replay" in rows
+    if want_replay:
         rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
         if "emu" in rows:
@@ -388,7 +389,7 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
         rows.append(("emu run", None, skipped))
     plain = next((t for n, t, _ in rows if n == "qemu"), None)
     nrec = None
-    if rec.exists():
+    if want_replay and rec.exists():   # this run's recording, never a stale one
         from emu.trace.reader import iter_batches as _ib
         nrec = sum(len(b.events) for b in _ib(str(rec)))
     print(f"\n{arch}  {title}  (best of {repeat} interleaved rounds)")
