@@ -33,11 +33,11 @@ import numpy as np
 
 from emu.arch import PAGE_SHIFT, PAGE_SIZE, PMD_NR, PMD_SIZE
 from emu.errors import EmuError
+from emu.hw import kernels as K
 from emu.kernel.config import order_to_kb
 from emu.kernel.thpmaps import mapped_entries
 
 PMD_MASK = ~(PMD_SIZE - 1)
-_VALID = np.uint64(1 << 63)
 
 
 class InvariantViolation(EmuError):
@@ -82,7 +82,7 @@ class Checker:
         """(kind, va, descriptor) of every entry of [start, end) that maps a page,
         the live tables' and those a collapse in progress has cleared and keeps."""
         out = [(kind, va, d) for kind, va, _n, d in mapped_entries(self.k, mm, start, end)]
-        saved = getattr(mm, "collapse_saved", None)
+        saved = mm.collapse_saved
         if saved is None:
             return out
         lo, hi = saved["cleared"]
@@ -244,7 +244,7 @@ class Checker:
             zero.update(range(k.huge_zero_pfn, k.huge_zero_pfn + PMD_NR))
         tables = k.physmem.pgtables.slot_of_pfn
         for tag, data, is_table in ((hw.tag, hw.data, False), (hw.ptag, hw.pdata, True)):
-            cpus, idx = np.nonzero((tag & _VALID) != 0)       # every CPU's row at once
+            cpus, idx = np.nonzero(tag & K.VALID_TAG)         # every CPU's row at once
             if not len(idx):
                 continue
             pfns = np.minimum((data[cpus, idx] >> np.uint64(12)).astype(np.int64),
@@ -252,7 +252,7 @@ class Checker:
             bad = (tables[pfns] < 0) if is_table else (head[pfns] < 0)
             for j in np.flatnonzero(bad).tolist():
                 cpu = int(cpus[j])
-                asid = int(tag[cpu, idx[j]] & np.uint64(0xFFFF))
+                asid = int(tag[cpu, idx[j]]) & K.ASID_MASK
                 pfn = int(pfns[j])
                 if asid not in live or pfn in zero or self._flush_pending(cpu, asid):
                     continue

@@ -67,6 +67,25 @@ def _drop(truth, key_lo, key_hi):
 
 
 @nb.njit(cache=True)
+def _items_in(truth, key_lo, key_hi):
+    """(keys, versions) of the truth in [key_lo, key_hi), by the cheaper of a probe per
+    key and a pass over the table (as _drop)."""
+    keys = []
+    vals = []
+    if key_hi - key_lo < len(truth):
+        for key in range(key_lo, key_hi):
+            if key in truth:
+                keys.append(key)
+                vals.append(truth[key])
+    else:
+        for key, v in truth.items():
+            if key_lo <= key < key_hi:
+                keys.append(key)
+                vals.append(v)
+    return keys, vals
+
+
+@nb.njit(cache=True)
 def _copy(truth, src_lo, src_hi, dst_lo, drop_src):
     """Copy (or move) the truth of keys [src_lo, src_hi) to start at dst_lo."""
     pairs = [(key, v) for key, v in truth.items() if src_lo <= key < src_hi]
@@ -96,10 +115,9 @@ class Oracle:
     def lazyfree(self, asid: int, start: int, end: int) -> None:
         """MADV_FREE: remember each written page's version at this moment."""
         base = self._base(asid)
-        lo, hi = base + (start >> PAGE_SHIFT), base + (end >> PAGE_SHIFT)
-        for key, v in self.truth.items():
-            if lo <= key < hi:
-                self._lazyfree[key] = v
+        keys, vals = _items_in(self.truth, base + (start >> PAGE_SHIFT),
+                               base + (end >> PAGE_SHIFT))
+        self._lazyfree.update(zip(keys, vals, strict=True))
 
     def discard(self, asid: int, va: int) -> None:
         """Reclaim dropped a lazy-free page: its truth goes only if it was not written

@@ -75,7 +75,8 @@ class Gup:
         self._pins: Counter[int] = Counter()   # folio head -> references held
         self.syscalls = _load_syscalls()
         self._u = uapi()
-        self.gup_fast_ns = CollapseCosts.load().gup_fast_ns
+        kh = k.khugepaged
+        self.gup_fast_ns = (kh.costs if kh is not None else CollapseCosts.load()).gup_fast_ns
         # What runs the other actors (khugepaged) up to a time: set by the machine, so
         # that steps due inside the walk's window happen before its recheck.
         self.run_until: Callable[[float], None] | None = None
