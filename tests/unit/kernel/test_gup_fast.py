@@ -20,6 +20,15 @@ def _steps(sim, until):
             return
 
 
+def _populated(arch, nr_pages):
+    """One process with a PMD-sized mapping whose first nr_pages are written."""
+    sim = Scenario(arch)
+    p = sim.new_proc()
+    sim.mmap(p, B, HPAGE_PMD_SIZE)
+    sim.fault_range(p, B, nr_pages)
+    return sim, p
+
+
 def _folio_refcount(sim, p, va):
     mm = sim.mm(p)
     pfn = sim.kernel.gup.pinnable(mm, va, False)
@@ -28,10 +37,7 @@ def _folio_refcount(sim, p, va):
 
 @ARCH
 def test_pin_and_unpin_a_mapped_page(arch):
-    sim = Scenario(arch)
-    p = sim.new_proc()
-    sim.mmap(p, B, HPAGE_PMD_SIZE)
-    sim.fault_range(p, B, 4)
+    sim, p = _populated(arch, 4)
     gup = sim.kernel.gup
     before = _folio_refcount(sim, p, B + PAGE_SIZE)
     pins, waited = gup.pin_user_pages_fast(sim.mm(p), B + PAGE_SIZE, 2, True, 0)
@@ -44,10 +50,7 @@ def test_pin_and_unpin_a_mapped_page(arch):
 
 @ARCH
 def test_unpopulated_page_takes_the_slow_path_and_faults_it_in(arch):
-    sim = Scenario(arch)
-    p = sim.new_proc()
-    sim.mmap(p, B, HPAGE_PMD_SIZE)
-    sim.fault_range(p, B, 1)
+    sim, p = _populated(arch, 1)
     gup = sim.kernel.gup
     pins, _ = gup.pin_user_pages_fast(sim.mm(p), B, 2, True, 0)
     assert len(pins) == 2
@@ -68,7 +71,9 @@ def test_walker_meets_the_cleared_entry_and_waits_for_the_collapse(arch, strateg
     now = sim.khugepaged.cc.now_ns
     pins, waited = gup.pin_user_pages_fast(mm, lo, 1, True, now)
     assert gup.stats.gup_fast_fallbacks_collapse == 1
-    assert waited > 0 and mm.mmap_lock is None and mm.collapse_cleared is None
+    # the slow path waited from now to the collapse's unlock, khugepaged's clock now
+    assert waited == sim.khugepaged.cc.now_ns - now > 0
+    assert mm.mmap_lock is None and mm.collapse_cleared is None
     assert len(pins) == 1                       # the slow path pinned it after the collapse
     assert sim.bus.total("emu_gup_fast_fallback") == 1
 
@@ -135,10 +140,7 @@ def test_a_held_pin_fails_the_collapse_with_scan_page_count(arch):
 
 @ARCH
 def test_shared_futex_pins_its_word_private_does_not(arch):
-    sim = Scenario(arch)
-    p = sim.new_proc()
-    sim.mmap(p, B, HPAGE_PMD_SIZE)
-    sim.fault_range(p, B, 1)
+    sim, p = _populated(arch, 1)
     k = sim.kernel
     wake = UAPI["FUTEX_WAKE"]
     k.gup_syscall(p.pid, "futex", (B + 8, wake | UAPI["FUTEX_PRIVATE_FLAG"], 1, 0, 0, 0), 0, 0)
@@ -152,10 +154,7 @@ def test_shared_futex_pins_its_word_private_does_not(arch):
 
 @ARCH
 def test_agent_pins_only_populated_memory_and_releases_everything(arch):
-    sim = Scenario(arch)
-    p = sim.new_proc()
-    sim.mmap(p, B, HPAGE_PMD_SIZE)
-    sim.fault_range(p, B, HPAGE_PMD_NR // 2)
+    sim, p = _populated(arch, HPAGE_PMD_NR // 2)
     rss = sim.mm(p).rss
     agent = GupFastAgent(sim.kernel, rate_per_s=1e6, pages=4, hold_ns=3_000, seed=1)
     while agent.next_event_ns() < 200_000:
