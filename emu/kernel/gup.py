@@ -240,7 +240,10 @@ class Gup:
         out = [args[rule["address_arg"]]]
         second = rule.get("second_address_arg")
         if second is not None:
-            cmd = args[1] & ~(self._u["FUTEX_PRIVATE_FLAG"] | self._u["FUTEX_CLOCK_REALTIME"])
+            flags = 0
+            for name in rule.get("op_flags", []):
+                flags |= self._u[name]
+            cmd = args[1] & ~flags
             if cmd in {self._u[c] for c in rule.get("second_address_cmds", [])}:
                 out.append(args[second])
         return [a for a in out if a]
