@@ -37,6 +37,7 @@ READ_SIZE = 1 << 20
 FEED_MIN = 256 << 10         # bytes gathered before a decode call
 PIPE_WAIT = 0.001            # seconds; a 1 MiB pipe takes ~10 ms to fill at full rate
 QUEUE_DEPTH = 4
+FEED_BLOCK = 1 << 14         # compressed bytes per zstd feed: damage is reported close by
 
 
 class TraceError(EmuError):
@@ -141,7 +142,7 @@ class _ZstdSource:
                 self._check_end()
                 return 0
             # Small feeds keep the reported offset of zstd damage close.
-            block = self._f.read(min(1 << 14, self._left))
+            block = self._f.read(min(FEED_BLOCK, self._left))
             if not block:
                 raise TraceError(f"{self._name}: truncated at file byte {self._fpos} "
                                  "(compressed stream ends early)")
@@ -149,6 +150,12 @@ class _ZstdSource:
             self._crc = zlib.crc32(block, self._crc)
             if self.cut is not None and self._d.eof:
                 return 0      # a partial end record after a whole frame
+            if self._d.eof:
+                # Bytes after the frame's end (recordings written before 2026-12-02 end
+                # with an empty second frame): the CRC covers them, there is nothing
+                # to decode, and the decompressor takes no input after its frame.
+                self._fpos += len(block)
+                continue
             try:
                 self._pending = self._d.decompress(block)
             except zstandard.ZstdError as e:

@@ -83,8 +83,7 @@ class Recorder:
     def close(self) -> None:
         if self._f.closed:
             return
-        self._z.flush(zstandard.FLUSH_FRAME)
-        self._z.close()
+        self._z.close()            # ends the frame (a flush first would add an empty one)
         end = np.zeros(1, FILE_END)
         end["magic"], end["frame_len"], end["frame_crc"] = (END_MAGIC, self._frame.length,
                                                             self._frame.crc)

@@ -41,3 +41,45 @@ def test_partial_leaves_a_whole_recording_alone(tmp_path, recording):
     warnings: list[str] = []
     got = read_all(path, partial=True, warn=warnings.append)
     assert got.events.tobytes() == whole.events.tobytes() and warnings == []
+
+
+def _frame(data: bytes) -> tuple[int, bytes]:
+    """(offset of the zstd frame in a recording file, the frame's bytes)."""
+    from emu.trace.format import FILE_END, FILE_HDR
+    hdr = np.frombuffer(data[:FILE_HDR.itemsize], dtype=FILE_HDR)[0]
+    base = FILE_HDR.itemsize + int(hdr["meta_len"])
+    return base, data[base:len(data) - FILE_END.itemsize]
+
+
+def test_a_recording_is_one_zstd_frame_and_nothing_after(recording):
+    import zstandard
+    d = zstandard.ZstdDecompressor().decompressobj()
+    d.decompress(_frame(recording[0])[1])
+    assert d.eof and d.unused_data == b""
+
+
+@pytest.mark.parametrize("feed_end", ["at", "inside"])
+def test_bytes_after_the_frame_are_read_wherever_the_feeds_end(tmp_path, recording,
+                                                               monkeypatch, feed_end):
+    """Recordings written before 2026-12-02 end with an empty second zstd frame; the
+    reader once failed ('cannot use a decompressobj multiple times') when a feed ended
+    at or inside it.  Rebuild such a recording and end a feed at both places."""
+    import zlib
+
+    import zstandard
+
+    from emu.trace import reader
+    from emu.trace.format import END_MAGIC, FILE_END
+    data, events = recording
+    base, frame = _frame(data)
+    empty = zstandard.ZstdCompressor(write_checksum=True).compress(b"")
+    assert empty and zstandard.ZstdDecompressor().decompress(empty) == b""
+    body = frame + empty
+    end = np.zeros(1, FILE_END)
+    end["magic"], end["frame_len"], end["frame_crc"] = END_MAGIC, len(body), zlib.crc32(body)
+    old = tmp_path / "old.emutrace"
+    old.write_bytes(data[:base] + body + end.tobytes())
+    monkeypatch.setattr(reader, "FEED_BLOCK", len(frame) + (0 if feed_end == "at" else 5))
+    got = read_all(old)
+    assert np.array_equal(got.events, events.events)
+    assert np.array_equal(got.syscalls, events.syscalls)
