@@ -351,6 +351,7 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
     rec = BENCH / f"bench-{arch}-{'-'.join(title.split()[:2])}.emutrace"
     want_replay = "replay" in rows
     if want_replay:
+        BENCH.mkdir(parents=True, exist_ok=True)
         rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
         if "emu" in rows:
