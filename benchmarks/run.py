@@ -24,6 +24,11 @@ has the method and the latest table.
 Times are wall-clock seconds, the best of --repeat rounds; each round runs
 every row once, in turn, so that the machine's drift hits all rows alike.
 The run ends with one summary table (ratios to plain QEMU, every workload).
+Every row also gets the guest's MIPS (the guest's retired instructions, counted
+once per workload and architecture by emu itself, `emu run --json`'s
+`instructions`, over the row's wall seconds; native, x86-64 only, uses the count
+under QEMU) and, where the row has an event stream of its own (`emu run`,
+the reader rows, replay), events/s (its stream's events over its wall seconds).
 
 --scaling adds the scaling tables: `random -m N` for N = 16 MiB .. 1 GiB and
 `rwthreads -t T` for T = 1 .. 8 (the same total accesses), `emu run` default
@@ -31,6 +36,7 @@ against plain QEMU, interleaved, with a matplotlib plot (--plot FILE, PNG).
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -315,15 +321,40 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
               run_emu, rows) -> None:
     events: dict[str, int] = {}
     peaks: dict[str, int] = {}
+    # Events in each row's own stream (emu run: its --json `events`; reader rows:
+    # the batches decoded) and the guest's retired instructions, taken from the
+    # first `emu run --json` of this workload (emu's own count, all threads).
+    row_events: dict[str, int] = {}
+    guest = {"instructions": None, "from": None}
+    tmp = tempfile.TemporaryDirectory(prefix="emu-bench-")
+    jfile = Path(tmp.name) / "emu.json"
+
+    def emu_json(source, row=None):
+        try:
+            d = json.loads(jfile.read_text())
+        except (OSError, ValueError):
+            return
+        if row is not None and isinstance(d.get("events"), int):
+            row_events[row] = d["events"]
+        if guest["instructions"] is None and isinstance(d.get("instructions"), int):
+            guest["instructions"], guest["from"] = d["instructions"], source
 
     def emu_timed(name, argv):
         dt = timed(argv, stdin, sample=True)
         peaks[name] = max(peaks.get(name, 0), last_peak["pss"])
         return dt
 
-    def stream(m, ring=None):
+    def emu_run_timed(name, opts):
+        # --json costs a json.dumps of a summary emu builds anyway (also with -q).
+        jfile.unlink(missing_ok=True)
+        dt = emu_timed(name, [emu, "run", "-q", *opts, "--json", str(jfile), "--", exe, *args])
+        emu_json(f"`emu run {' '.join(opts)}`".replace(" `", "`"), name)
+        return dt
+
+    def stream(name, m, ring=None):
         dt, n = timed_stream(exe, args, arch, m.split(","), stdin, ring)
         events[m] = n
+        row_events[name] = n
         return dt
 
     base = [qemu, "-L", sysroot]
@@ -344,9 +375,10 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                      lambda o=opts: timed([*base, "-plugin", o, exe, *args], stdin)))
     if "reader" in rows:
         for mode in STREAM_MODES:
-            plan.append((f"qemu+plugin -> emu reader {mode}", lambda m=mode: stream(m)))
-        plan.append((f"  the same through the FIFO {STREAM_MODES[0]}",
-                     lambda: stream(STREAM_MODES[0], ring=0)))
+            name = f"qemu+plugin -> emu reader {mode}"
+            plan.append((name, lambda n=name, m=mode: stream(n, m)))
+        name = f"  the same through the FIFO {STREAM_MODES[0]}"
+        plan.append((name, lambda n=name: stream(n, STREAM_MODES[0], ring=0)))
     skipped = None
     rec = BENCH / f"bench-{arch}-{'-'.join(title.split()[:2])}.emutrace"
     want_replay = "replay" in rows
@@ -355,18 +387,18 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
         rec.unlink(missing_ok=True)   # recorded afresh by this run's plugin
     if emu and run_emu:
         if "emu" in rows:
-            plan.append(("emu run", lambda: emu_timed("emu run", [emu, "run", "-q", "--", exe,
-                                                                  *args])))
+            plan.append(("emu run", lambda: emu_run_timed("emu run", ())))
         if "prev" in rows:
             # The default before the micro-TLB became the profiles' L0 level.
-            plan.append(("emu run --utlb 0 (previous default)", lambda: emu_timed(
-                "emu run --utlb 0 (previous default)",
-                [emu, "run", "-q", "--utlb", "0", "--", exe, *args])))
+            plan.append(("emu run --utlb 0 (previous default)", lambda: emu_run_timed(
+                "emu run --utlb 0 (previous default)", ("--utlb", "0"))))
         if "replay" in rows:
             def replay(opts=()):
                 if not rec.exists():
-                    timed([emu, "run", "-q", "--no-hw", "--record", str(rec), "--", exe, *args],
-                          stdin)
+                    jfile.unlink(missing_ok=True)
+                    timed([emu, "run", "-q", "--no-hw", "--record", str(rec), "--json",
+                           str(jfile), "--", exe, *args], stdin)
+                    emu_json("the recording's `emu run --no-hw`")
                 return emu_timed(f"emu replay {' '.join(opts)}".strip(),
                                  [emu, "replay", "-q", *opts, str(rec)])
             plan.append(("emu replay", replay))
@@ -388,43 +420,78 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
             for name, _ in plan]
     if skipped:
         rows.append(("emu run", None, skipped))
+    if guest["instructions"] is None and emu:
+        # No emu row gave the count (none asked for, or they failed): one
+        # untimed `emu run --no-hw --json` for it.
+        log(f"  {arch} {title}: counting the guest's instructions (emu run --no-hw) ...")
+        jfile.unlink(missing_ok=True)
+        try:
+            timed([emu, "run", "-q", "--no-hw", "--json", str(jfile), "--", exe, *args], stdin)
+            emu_json("`emu run --no-hw`")
+        except (RuntimeError, OSError) as e:
+            log(f"  {arch} {title}: no instruction count: {e}")
+    tmp.cleanup()
+    insns = guest["instructions"]
     plain = next((t for n, t, _ in rows if n == "qemu"), None)
     nrec = None
     if want_replay and rec.exists():   # this run's recording, never a stale one
         from emu.trace.reader import iter_batches as _ib
         nrec = sum(len(b.events) for b in _ib(str(rec)))
+        for name, _ in plan:
+            if name.startswith("emu replay"):
+                row_events[name] = nrec
     print(f"\n{arch}  {title}  (best of {repeat} interleaved rounds)")
+    if insns:
+        print(f"  guest instructions: {insns:,} (from {guest['from']}, the guest under QEMU; "
+              f"MIPS = these / the row's wall s"
+              f"{'; native uses this count' if 'native' in times else ''})")
+    else:
+        print("  guest instructions: unknown (no `emu run --json`), no MIPS")
     for name, t, note in rows:
         if t is None:
-            print(f"  {name:42s} {'-':>8s}          {note}")
+            print(f"  {name:44s} {'-':>8s}          {note}")
             continue
         ratio = f"{t / plain:6.2f}x" if plain else ""
-        extra = f"  peak PSS {peaks[name] / 2**20:6.0f} MiB" if peaks.get(name) else ""
-        if name.startswith("emu replay") and nrec:
-            extra += f"  {nrec / t / 1e6:5.1f} M events/s"
-        print(f"  {name:42s} {t:8.2f}s {ratio}{extra}  {note}")
+        extra = f"  {insns / t / 1e6:7.0f} MIPS" if insns else ""
+        if row_events.get(name):
+            extra += f"  {row_events[name] / t / 1e6:6.2f} M events/s"
+        if peaks.get(name):
+            extra += f"  peak PSS {peaks[name] / 2**20:6.0f} MiB"
+        print(f"  {name:44s} {t:8.2f}s {ratio}{extra}  {note}")
     for m, n in events.items():
         print(f"  events decoded ({m}): {n:,}")
+    for name in ("emu run", "emu run --utlb 0 (previous default)"):
+        if name in row_events:
+            print(f"  events in the stream ({name}, its --json): {row_events[name]:,}")
     if nrec:
         print(f"  events in the recording (default micro-TLB): {nrec:,}")
     sys.stdout.flush()
-    RESULTS.append({"arch": arch, "workload": title, "repeat": repeat,
-                    "rows": [{"row": n, "seconds": t, "ratio": t / plain if t and plain else None,
-                              "peak_pss_bytes": peaks.get(n), "all": times[n], "note": note}
-                             for n, t, note in rows],
-                    "events_decoded": events, "recording_events": nrec})
+    RESULTS.append({
+        "arch": arch, "workload": title, "repeat": repeat,
+        "guest_instructions": insns, "guest_instructions_from": guest["from"],
+        "rows": [{"row": n, "seconds": t, "ratio": t / plain if t and plain else None,
+                  "peak_pss_bytes": peaks.get(n), "all": times[n], "note": note,
+                  "mips": insns / t / 1e6 if insns and t else None,
+                  "events": row_events.get(n),
+                  "events_per_s": row_events[n] / t if t and row_events.get(n) else None}
+                 for n, t, note in rows],
+        "events_decoded": events, "recording_events": nrec})
 
 
 def summary() -> None:
     """The run's one table: a row per measured row, a column per (arch, workload),
-    cells `ratio (seconds)`, plain QEMU in seconds; markdown, for docs."""
+    cells `ratio (seconds, peak PSS, MIPS, events/s)`, plain QEMU in seconds;
+    markdown, for docs."""
     if not RESULTS:
         return
     cols = [f"{r['arch']} {r['workload']}" for r in RESULTS]
     names: list[str] = []
     for r in RESULTS:
         names += [x["row"] for x in r["rows"] if x["row"] not in names]
-    print("\nSummary (wall time / plain QEMU of the same run; peak PSS of `emu run`)\n")
+    print("\nSummary: wall time / plain QEMU of the same run (best wall seconds; peak PSS of"
+          " emu's rows; MIPS = the guest's retired instructions as emu counts them under"
+          " QEMU / wall seconds, native uses the same count; ev/s = events in the row's own"
+          " stream / wall seconds)\n")
     print("| | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for n in names:
@@ -435,11 +502,18 @@ def summary() -> None:
                 cells.append("")
             elif x["seconds"] is None:
                 cells.append(x["note"] or "-")
-            elif n == "qemu":
-                cells.append(f"{x['seconds']:.2f} s")
             else:
-                pss = f", {x['peak_pss_bytes'] / 2**20:.0f} MiB" if x["peak_pss_bytes"] else ""
-                cells.append(f"{x['ratio']:.2f}x ({x['seconds']:.1f} s{pss})")
+                parts = [f"{x['seconds']:.2f} s" if n == "qemu" else f"{x['seconds']:.1f} s"]
+                if x["peak_pss_bytes"]:
+                    parts.append(f"{x['peak_pss_bytes'] / 2**20:.0f} MiB")
+                if x.get("mips"):
+                    parts.append(f"{x['mips']:.0f} MIPS")
+                if x.get("events_per_s"):
+                    parts.append(f"{x['events_per_s'] / 1e6:.1f} M ev/s")
+                if n == "qemu":
+                    cells.append(", ".join(parts))
+                else:
+                    cells.append(f"{x['ratio']:.2f}x ({', '.join(parts)})")
         print(f"| {n} | " + " | ".join(cells) + " |")
     sys.stdout.flush()
 
@@ -572,7 +646,6 @@ def main() -> int:
                     help="only redraw the scaling plot (--plot) from a --json file of a run")
     a = ap.parse_args()
     if a.replot:
-        import json
         SCALING[:] = json.loads(Path(a.replot).read_text()).get("scaling", [])
         plot_scaling(a.plot)
         return 0
@@ -595,7 +668,6 @@ def main() -> int:
         print(f"benchmarks: {e}", file=sys.stderr)
         return 2
     if a.json:
-        import json
         import platform
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({
