@@ -101,9 +101,10 @@ def replay_once(meta: dict, batches, profile: str, thp: str | None,
     inner = hw.run
     acc = {"t": 0.0, "events": 0, "calls": 0, "sizes": []}
 
-    def timed(cpu, asid, root_pfn, kinds, addrs, counts, start=0, stop=None, out_pfn=None):
+    def timed(cpu, asid, root_pfn, kinds, addrs, counts, start=0, stop=None, out_pfn=None,
+              out_miss=None):
         t0 = time.perf_counter()
-        r = inner(cpu, asid, root_pfn, kinds, addrs, counts, start, stop, out_pfn)
+        r = inner(cpu, asid, root_pfn, kinds, addrs, counts, start, stop, out_pfn, out_miss)
         acc["t"] += time.perf_counter() - t0
         n = r - start     # events translated (a faulting one is counted when it retires)
         acc["events"] += n

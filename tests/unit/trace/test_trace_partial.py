@@ -83,3 +83,35 @@ def test_bytes_after_the_frame_are_read_wherever_the_feeds_end(tmp_path, recordi
     got = read_all(old)
     assert np.array_equal(got.events, events.events)
     assert np.array_equal(got.syscalls, events.syscalls)
+
+
+@pytest.mark.parametrize("damage", [None, "flip", "cut"])
+def test_zstd_ahead_in_a_thread_changes_nothing(tmp_path, recording, damage):
+    """A background replay decompresses in a thread and decodes in the caller: the
+    same batches as the one-thread reader, and on damage an error after a prefix of
+    them (how far each gets first depends on how far it reads ahead)."""
+    whole = tmp_path / "whole.emutrace"
+    whole.write_bytes(recording[0])
+    want = [b.events.tobytes() + b.syscalls.tobytes()
+            for b in iter_batches(whole, background=False, batch_chunks=8)]
+    data = bytearray(recording[0])
+    if damage == "flip":
+        base, frame = _frame(bytes(data))
+        data[base + len(frame) // 2] ^= 0x40
+    elif damage == "cut":
+        data = data[:len(data) * 2 // 3]
+    path = tmp_path / "r.emutrace"
+    path.write_bytes(bytes(data))
+    for background in (False, True):
+        got: list[bytes] = []
+        error = None
+        try:
+            for b in iter_batches(path, background=background, batch_chunks=8):
+                got.append(b.events.tobytes() + b.syscalls.tobytes())
+        except TraceError as e:
+            error = str(e)
+        assert got == want[:len(got)]
+        if damage is None:
+            assert error is None and len(got) == len(want) > 1
+        else:
+            assert error is not None and "\n" not in error and len(got) < len(want)
