@@ -14,7 +14,9 @@ into build/bench/), and `threads`, the multi-threaded guest
 build/guest/<arch>/rwthreads (4 threads over 64 MiB, 40 M accesses in all).
 Rows: native (x86-64 only), plain QEMU, the peer anchor QEMU + its contrib
 `cache` plugin (libcache.so, built here from Debian's source package of the
-installed QEMU into build/bench/, never committed), QEMU + plugin writing to /dev/null (both icount
+installed QEMU into build/bench/, never committed), the floor (benchmarks/floor/floor.c,
+built here: emu's plugin's callbacks with nothing in them: the per-block one, the
+per-access one, both), QEMU + plugin writing to /dev/null (both icount
 modes), QEMU + plugin streaming to emu's reader (decode only, no model) through
 the shared-memory ring and, for comparison, through the FIFO alone, and the
 full `emu run` (default, and `--utlb 0`, the default before 2026-12-02) with the
@@ -105,6 +107,24 @@ def make_sort_input(mb: int) -> Path:
 
 # The peer anchor: QEMU's contrib cache plugin, built once per run (None: why not).
 _CACHE_PLUGIN: dict[str, object] = {}
+
+
+def floor_plugin() -> tuple[Path | None, str]:
+    """benchmarks/floor/floor.c built into build/bench/ (or None and why not)."""
+    src = REPO / "benchmarks" / "floor" / "floor.c"
+    out = BENCH / "libfloor.so"
+    header = REPO / "build" / "include" / "qemu-plugin.h"
+    if not header.exists():
+        return None, f"{header.relative_to(REPO)} missing (run setup.sh)"
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out, ""
+    BENCH.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", f"-I{header.parent}",
+                        "-o", str(out), str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        err = [ln for ln in r.stderr.splitlines() if "error" in ln] or ["gcc failed"]
+        return None, f"gcc: {err[0].strip()}"
+    return out, ""
 
 
 def contrib_cache_plugin() -> tuple[Path | None, str]:
@@ -305,7 +325,10 @@ def workloads(arch: str, names: list[str], quick: bool):
 
 CACHE_ROW = "qemu+contrib cache plugin (peer)"
 # Row groups (--rows): every run has plain QEMU, the reference of every ratio.
-ROW_GROUPS = ("native", "cache", "plugin", "reader", "emu", "prev", "replay")
+ROW_GROUPS = ("native", "cache", "floor", "plugin", "reader", "emu", "prev", "replay")
+# The floor plugin (benchmarks/floor/floor.c): empty callbacks, registered as emu's.
+FLOOR_MODES = (("block callback", "mem=0"), ("access callback", "tb=0"),
+               ("both", "tb=1,mem=1"))
 RESULTS: list[dict] = []
 
 
@@ -369,6 +392,14 @@ def bench_one(arch, title, exe, args, stdin, repeat, qemu, plugin, emu, sysroot,
                 raise RuntimeError(why)
             return timed([*base, "-plugin", str(lib), exe, *args], stdin)
         plan.append((CACHE_ROW, cache_row))
+    if "floor" in rows:
+        for what, opts in FLOOR_MODES:
+            def floor_row(o=opts):
+                lib, why = floor_plugin()
+                if lib is None:
+                    raise RuntimeError(why)
+                return timed([*base, "-plugin", f"{lib},{o}", exe, *args], stdin)
+            plan.append((f"qemu+floor plugin: {what}", floor_row))
     for mode in PLUGIN_MODES if "plugin" in rows else ():
         opts = f"{plugin},out=/dev/null,{mode}"
         plan.append((f"qemu+plugin >/dev/null {mode}",
