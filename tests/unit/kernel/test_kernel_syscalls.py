@@ -1,5 +1,6 @@
 """VMA bookkeeping through the mm syscalls: mmap, mprotect, brk, mremap, exec."""
 
+import numpy as np
 import pytest
 from kernel_model_helpers import PAGE, MiB, make_kernel, mmap, order_at, touch
 
@@ -176,3 +177,39 @@ def test_static_pie_is_placed_at_the_first_fetch():
                                                            (0x5000, "bss")]
     assert mm.start_brk == base + 0x7000
     assert k.handle_mm_fault(3, 0, base + 0x4000, 1, None)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+@pytest.mark.parametrize("mthp", [None, {64: "always"}])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_mremap_moves_every_entry_as_one_by_one(arch, mthp, seed):
+    """mremap() moves PTEs a table slice at a time: each entry of the old range ends
+    up, unchanged, at the same offset of the new range (arm64 contiguous blocks too,
+    which fold again where the new range keeps them aligned), the old range is empty,
+    and nothing leaks: a sparse range that crosses PMD boundaries, moved to an
+    unaligned destination."""
+    rng = np.random.default_rng(seed)
+    k = make_kernel(arch, mthp=mthp)                  # no PMD THP: every page has a PTE
+    mm = k.new_mm(1)
+    length = 3 * MiB + 5 * PAGE
+    src = BASE + 2 * MiB - 7 * PAGE                   # crosses two PMD boundaries
+    mmap(k, 1, src, length)
+    for i in rng.choice(length // PAGE, size=300, replace=False).tolist():
+        touch(k, 1, src + i * PAGE, write=bool(i % 3))
+    arch_ = k.arch
+    before = [k.pt.get_pte(mm, src + i * PAGE) for i in range(length // PAGE)]
+    dst = BASE + 64 * MiB + int(rng.integers(1, 512)) * PAGE
+    if mthp is not None and seed == 3:
+        dst -= dst % (16 * PAGE)                      # blocks stay aligned: they may fold
+    free0 = k.nr_free_frames
+    k.syscall(1, 0, "mremap", (src, length, length, 1, 0), dst)
+    after = [k.pt.get_pte(mm, dst + i * PAGE) for i in range(length // PAGE)]
+    for b, a in zip(before, after, strict=True):
+        if arch == "arm64":       # the contiguous hint may change, nothing else
+            b, a = arch_.mknoncont(b), arch_.mknoncont(a)
+        assert a == b
+    assert all(k.pt.get_pte(mm, src + i * PAGE) == 0 for i in range(length // PAGE))
+    assert mm.vmas.find(src) is None and mm.vmas.find(dst).end == dst + length
+    k.syscall(1, 0, "munmap", (dst, length), 0)
+    assert k.nr_free_frames > free0
+    assert mm.counters["MM_ANONPAGES"] == 0
