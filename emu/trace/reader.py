@@ -38,7 +38,6 @@ FEED_MIN = 256 << 10         # bytes gathered before a decode call
 PIPE_WAIT = 0.001            # seconds; a 1 MiB pipe takes ~10 ms to fill at full rate
 QUEUE_DEPTH = 4
 FEED_BLOCK = 1 << 14         # compressed bytes per zstd feed: damage is reported close by
-PREFETCH_BLOCKS = 64         # zstd outputs (~80 KiB each) decompressed ahead of the decoder
 
 
 class TraceError(EmuError):
@@ -140,27 +139,10 @@ class _ZstdSource:
         return got
 
     def _readinto_some(self, mv: memoryview) -> int:
-        if not self._pending:
-            self._pending = self._next_output()
-        n = min(len(mv), len(self._pending))
-        mv[:n] = self._pending[:n]
-        self._pending = self._pending[n:]     # views: one copy in all, the line above
-        return n
-
-    def blocks(self) -> Iterator[memoryview]:
-        """The decompressed stream as views of zstd's outputs, in order."""
-        if self._pending:
-            yield self._pending
-            self._pending = memoryview(b"")
-        while out := self._next_output():
-            yield out
-
-    def _next_output(self) -> memoryview:
-        """zstd's next non-empty output; empty at the end (after the end checks)."""
-        while True:
+        while not self._pending:
             if not self._left:
                 self._check_end()
-                return memoryview(b"")
+                return 0
             # Small feeds keep the reported offset of zstd damage close.
             block = self._f.read(min(FEED_BLOCK, self._left))
             if not block:
@@ -169,7 +151,7 @@ class _ZstdSource:
             self._left -= len(block)
             self._crc = zlib.crc32(block, self._crc)
             if self.cut is not None and self._d.eof:
-                return memoryview(b"")   # a partial end record after a whole frame
+                return 0      # a partial end record after a whole frame
             if self._d.eof:
                 # Bytes after the frame's end (recordings written before 2026-12-02 end
                 # with an empty second frame): the CRC covers them, there is nothing
@@ -177,15 +159,17 @@ class _ZstdSource:
                 self._fpos += len(block)
                 continue
             try:
-                out = self._d.decompress(block)
+                self._pending = memoryview(self._d.decompress(block))
             except zstandard.ZstdError as e:
                 if self.cut is not None:
-                    return memoryview(b"")   # the cut tail: what came before it stands
-                raise TraceError(f"{self._name}: corrupt compressed data detected at file "
-                                 f"byte {self._fpos + len(block)} ({e})") from None
+                    return 0  # the cut tail: what came before it stands
+                raise TraceError(f"{self._name}: corrupt compressed data detected at file byte "
+                                 f"{self._fpos + len(block)} ({e})") from None
             self._fpos += len(block)
-            if out:
-                return memoryview(out)
+        n = min(len(mv), len(self._pending))
+        mv[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
 
     def _check_end(self) -> None:
         if self.cut is not None:
@@ -196,64 +180,6 @@ class _ZstdSource:
         if not self._d.eof:
             raise TraceError(f"{self._name}: truncated at file byte {self._fpos} "
                              "(compressed stream ends early)")
-
-
-class _Prefetched:
-    """readinto() over a _ZstdSource decompressed ahead in a thread.
-
-    Replaying a recording on two cores: zstd (which releases the GIL) runs in
-    this thread while the consumer decodes and models, instead of one thread
-    decompressing and decoding while the model waits for it (docs/performance.md,
-    "Replay").  Outputs keep their order; damage is raised at the point where
-    the stream breaks, after everything before it."""
-
-    def __init__(self, zsrc: "_ZstdSource"):
-        self._zsrc = zsrc
-        self._q: queue.Queue = queue.Queue(maxsize=PREFETCH_BLOCKS)
-        self._stop = threading.Event()
-        self._cur = memoryview(b"")
-        self._done = False
-        self._t = threading.Thread(target=self._run, name="emu-zstd", daemon=True)
-        self._t.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for b in self._zsrc.blocks():
-                if not self._put(b):
-                    return
-            self._put(_END)
-        except BaseException as e:  # raised by readinto, in stream order
-            self._put(e)
-
-    def readinto(self, mv: memoryview) -> int:
-        while not self._cur:
-            if self._done:
-                return 0
-            item = self._q.get()
-            if item is _END:
-                self._done = True
-                return 0
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            self._cur = item
-        n = min(len(mv), len(self._cur))
-        mv[:n] = self._cur[:n]
-        self._cur = self._cur[n:]
-        return n
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(timeout=5)
 
 
 def _open_source(source) -> tuple[object, str, bool]:
@@ -398,10 +324,8 @@ def iter_batches(source, *, record: str | os.PathLike | None = None, force: bool
         raise
     owns = src is not source
     try:
-        if not background or is_rec and recorder is None:
-            # A recording decodes here, with zstd ahead in a thread (_Prefetched).
-            yield from _sync_batches(src, name, is_rec, recorder, batch_chunks, partial, warn,
-                                     prefetch=background)
+        if not background:
+            yield from _sync_batches(src, name, is_rec, recorder, batch_chunks, partial, warn)
         else:
             yield from _threaded_batches(src, name, is_rec, recorder, batch_chunks, partial,
                                          warn)
@@ -413,25 +337,12 @@ def iter_batches(source, *, record: str | os.PathLike | None = None, force: bool
 
 
 def _sync_batches(src, name, is_rec, recorder, batch_chunks, partial=False,
-                  warn=None, prefetch=False) -> Iterator[Batch]:
+                  warn=None) -> Iterator[Batch]:
     reader = src
     zsrc = None
     if is_rec:
         _read_file_header(src, name)
         reader = zsrc = _ZstdSource(src, name, src.tell(), partial=partial)
-        if prefetch:
-            reader = _Prefetched(zsrc)
-            try:
-                yield from _decode_stream(reader, name, is_rec, zsrc, recorder, batch_chunks,
-                                          warn)
-            finally:
-                reader.close()
-            return
-    yield from _decode_stream(reader, name, is_rec, zsrc, recorder, batch_chunks, warn)
-
-
-def _decode_stream(reader, name, is_rec, zsrc, recorder, batch_chunks,
-                   warn) -> Iterator[Batch]:
     dec = _Decoder(name, batch_chunks)
     eof = False
     while not eof:

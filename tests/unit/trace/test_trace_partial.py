@@ -86,10 +86,9 @@ def test_bytes_after_the_frame_are_read_wherever_the_feeds_end(tmp_path, recordi
 
 
 @pytest.mark.parametrize("damage", [None, "flip", "cut"])
-def test_zstd_ahead_in_a_thread_changes_nothing(tmp_path, recording, damage):
-    """A background replay decompresses in a thread and decodes in the caller: the
-    same batches as the one-thread reader, and on damage an error after a prefix of
-    them (how far each gets first depends on how far it reads ahead)."""
+def test_the_background_reader_changes_nothing(tmp_path, recording, damage):
+    """The background reader (a thread, a bounded queue) yields the batches the
+    one-thread reader yields, and on damage an error after a prefix of them."""
     whole = tmp_path / "whole.emutrace"
     whole.write_bytes(recording[0])
     want = [b.events.tobytes() + b.syscalls.tobytes()
