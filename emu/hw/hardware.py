@@ -118,6 +118,11 @@ class Hardware:
         self._rows = [(self.tag[c], self.data[c], self.stamp[c], self.occ[c], self.clock[c],
                        self.ptag[c], self.pdata[c], self.pstamp[c], self.cnt[c], self.fa[c])
                       for c in range(nr_cpus)]
+        # vCPUs that have translated anything: only run() fills TLBs and walk caches, so
+        # the others are empty and a broadcast flush has nothing to drop there (a
+        # machine has 64 vCPUs; a single-threaded guest uses one).
+        self._ran = [False] * nr_cpus
+        self._ran_cpus: list[int] = []
 
     def _build_probes(self) -> None:
         """Flatten (side, level) -> [(array, size)] lookups and size -> fill target."""
@@ -194,6 +199,9 @@ class Hardware:
             raise ValueError(f"asid {asid} out of range")
         store = self.physmem.pgtables
         self.fault = None
+        if not self._ran[cpu]:
+            self._ran[cpu] = True
+            self._ran_cpus = sorted(self._ran_cpus + [cpu])
         tag, data, stamp, occ, clock, ptag, pdata, pstamp, cnt, fa = self._rows[cpu]
         i = K.run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid,
                          self._arch_id, self._hafdbs, self._coalesce,
@@ -235,6 +243,9 @@ class Hardware:
     def _count(self, kind: str, src: int | None, targets) -> None:
         k = _FK[kind]
         self.flush_issued[self.nr_cpus if src is None else src, k] += 1
+        if isinstance(targets, range) and len(targets) == self.nr_cpus:
+            self.flush_received[:, k] += 1          # a broadcast reaches every vCPU
+            return
         for t in targets:
             self.flush_received[t, k] += 1
 
@@ -261,6 +272,10 @@ class Hardware:
 
     def _all(self) -> range:
         return range(self.nr_cpus)
+
+    def _filled(self) -> list[int]:
+        """The vCPUs whose TLBs and walk caches may hold entries (see _ran_cpus)."""
+        return self._ran_cpus
 
     # x86: local operations; remote CPUs are reached by IPIs (emu.kernel.tlbflush).
     def invlpg(self, cpu: int, va: int, asid: int | None = None) -> None:
@@ -312,14 +327,14 @@ class Hardware:
         """TLBI VAE1IS: all levels (walk caches too) for va/ASID, on every CPU."""
         self._require("arm64")
         self._count("tlbi_vae1is", cpu, self._all())
-        for t in self._all():
+        for t in self._filled():
             self._inval_va(t, va, asid, False, False)
 
     def tlbi_vale1is(self, cpu: int | None, asid: int, va: int) -> None:
         """TLBI VALE1IS: last-level entries only; walk caches survive."""
         self._require("arm64")
         self._count("tlbi_vale1is", cpu, self._all())
-        for t in self._all():
+        for t in self._filled():
             self._inval_va(t, va, asid, False, True)
 
     def tlbi_rvae1is(self, cpu: int | None, asid: int, va: int, scale: int, num: int,
@@ -333,7 +348,7 @@ class Hardware:
         pages = tlbi_range_pages(scale, num)
         end = va + (pages << 12)
         self._count("tlbi_rvale1is" if last_level else "tlbi_rvae1is", cpu, self._all())
-        for t in self._all():
+        for t in self._filled():
             self.entries_flushed[t] += K.inval_range(self.tag[t], self.stamp[t], va, end, asid,
                                                      False)
             K.recount(self.tag[t], self.ent_struct, self.occ[t])
@@ -346,20 +361,20 @@ class Hardware:
         """TLBI ASIDE1IS: every entry of the ASID, on every CPU."""
         self._require("arm64")
         self._count("tlbi_aside1is", cpu, self._all())
-        for t in self._all():
+        for t in self._filled():
             self._inval_asid(t, asid)
 
     def tlbi_vmalle1is(self, cpu: int | None) -> None:
         """TLBI VMALLE1IS: everything, on every CPU."""
         self._require("arm64")
         self._count("tlbi_vmalle1is", cpu, self._all())
-        for t in self._all():
+        for t in self._filled():
             self._inval_all(t)
 
     def flush_all(self) -> None:
         """Empty every TLB and walk cache of every vCPU (machine reset, tests)."""
         self._count("flush_all", 0, self._all())
-        for t in self._all():
+        for t in self._filled():
             self._inval_all(t)
 
     def _require(self, arch: str) -> None:

@@ -501,3 +501,26 @@ def assert_trace_was_hard(tw: Twin) -> None:
 @pytest.mark.parametrize(("arch_name", "profile_name"), _cases())
 def test_numba_matches_naive(arch_name: str, profile_name: str, seed: int) -> None:
     assert_trace_was_hard(run_trace(arch_name, profile_name, seed))
+
+
+@pytest.mark.parametrize(("arch_name", "profile_name"),
+                         [("x86_64", "generic-x86_64"), ("arm64", "generic-arm64")])
+def test_idle_cpus_are_skipped_unseen(arch_name: str, profile_name: str, monkeypatch) -> None:
+    """Broadcast flushes skip the vCPUs that never translated (their TLBs and walk
+    caches are empty), which must not show: with four vCPUs of which the trace uses
+    two, every vCPU's counters, flush counts and contents equal the naive machine's,
+    which flushes all four."""
+    import sys
+    mod = sys.modules[__name__]
+    monkeypatch.setattr(mod, "NR_CPUS", 4)
+    tw = Twin(arch_name, _profile(profile_name))
+    monkeypatch.setattr(mod, "NR_CPUS", 2)          # the trace runs and flushes on 0, 1
+    tr = Trace(tw, np.random.default_rng(3))
+    for i in range(OPS // 2):
+        tr.step(i)
+    monkeypatch.setattr(mod, "NR_CPUS", 4)
+    check_counters(tw, "end")
+    check_state(tw, "end")
+    assert tw.hw._filled() == [0, 1]
+    received = tw.hw.flush_received
+    assert (received[2:] == received[2]).all() and received[2].sum() > 0
