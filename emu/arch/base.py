@@ -11,6 +11,7 @@ bits so the kernel model can pass a VMA's protection straight through.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
 PROT_READ = 1
@@ -67,9 +68,11 @@ class Arch(ABC):
         self.ptrs_per_table = 1 << self.bits_per_level
 
     # ---- geometry -------------------------------------------------------
-    @property
+    @functools.cached_property
     def level_shifts(self) -> tuple[int, ...]:
-        """VA shift of the entries at each level, top first: (39, 30, 21, 12) for 4 KiB."""
+        """VA shift of the entries at each level, top first: (39, 30, 21, 12) for 4 KiB.
+
+        Computed once: every page-table walk of the kernel model asks for it."""
         return tuple(self.page_shift + self.bits_per_level * (self.levels - 1 - lvl)
                      for lvl in range(self.levels))
 
