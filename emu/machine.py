@@ -222,6 +222,15 @@ class Machine:
         col = self.columns
         hi, bounds, n_fetch = col.gather(events, lo, n)
         self.nr_fetch += n_fetch
+        # Page counts depend on nothing but the records: one call for the whole slice
+        # when its runs are all one process's (threads interleave chunk by chunk, so
+        # a multi-threaded guest's runs are a few hundred records each).
+        pids = events["pid"][lo + np.asarray(bounds[:-1], dtype=np.int64)]
+        one_pid = len(pids) > 0 and bool((pids == pids[0]).all())
+        if one_pid:
+            self._process(int(pids[0])).pages.add(col.kinds[:bounds[-1]],
+                                                  col.addrs[:bounds[-1]],
+                                                  col.counts[:bounds[-1]])
         for a, b in zip(bounds[:-1], bounds[1:], strict=False):
             first, last = events[lo + a], events[lo + b - 1]
             pid = int(first["pid"])
@@ -230,7 +239,8 @@ class Machine:
             th = self._thread(pid, vcpu, int(first["icount"]))
             th.last_icount = max(th.last_icount, int(last["icount"]))
             kinds, addrs, counts = col.kinds[a:b], col.addrs[a:b], col.counts[a:b]
-            proc.pages.add(kinds, addrs, counts)
+            if not one_pid:
+                proc.pages.add(kinds, addrs, counts)
             if self.hw is not None and self.kernel is not None:
                 if self.options.utlb:
                     self._absorbed(vcpu, kinds, counts)
