@@ -9,15 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bundled import EMU, REPO, guest
+from bundled import EMU, REPO, guest, run_emu
 
 pytestmark = pytest.mark.integration
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run([*EMU, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
@@ -25,8 +19,8 @@ def test_annotate_accounts_for_every_walk(arch: str, tmp_path: Path) -> None:
     binary = guest(arch, "sparse")
     plain, ann, rep, js2 = (tmp_path / "a.json", tmp_path / "b.json", tmp_path / "rep",
                             tmp_path / "c.json")
-    _run("run", "-q", "--json", str(plain), "--", binary, "-i", "2000")
-    p = _run("run", "--annotate", "--json", str(ann), "--report", str(rep),
+    run_emu("run", "-q", "--json", str(plain), "--", binary, "-i", "2000")
+    p = run_emu("run", "--annotate", "--json", str(ann), "--report", str(rep),
              "--record", str(tmp_path / "r.emu"), "--", binary, "-i", "2000")
     a, b = json.loads(plain.read_text()), json.loads(ann.read_text())
     assert a["tlb"]["total"] == b["tlb"]["total"] and a["instructions"] == b["instructions"]
@@ -47,7 +41,7 @@ def test_annotate_accounts_for_every_walk(arch: str, tmp_path: Path) -> None:
     page = (rep / "report.html").read_text()
     assert page.count("<tr><td>") >= sum(len(r) for r in sec["events"].values())
     assert f"{top['pc']:#x}" in page and "main+" in page
-    _run("replay", "-q", "--json", str(js2), str(tmp_path / "r.emu"))
+    run_emu("replay", "-q", "--json", str(js2), str(tmp_path / "r.emu"))
     assert json.loads(js2.read_text())["annotate"] == sec      # PCs are in the recording
 
 

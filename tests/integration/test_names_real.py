@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bundled import EMU, REPO
+from bundled import REPO, run_emu
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,6 @@ CC = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 INTERP = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "arm64": "/lib/ld-linux-aarch64.so.1"}
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run([*EMU, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
-
-
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_dynamic_program_names(arch: str, tmp_path: Path) -> None:
     if shutil.which(CC[arch]) is None or not (REPO / "build" / "libemu.so").exists():
@@ -48,7 +42,7 @@ def test_dynamic_program_names(arch: str, tmp_path: Path) -> None:
     data = tmp_path / "data.txt"
     data.write_text("x" * 5000)
     js, rec, js2 = tmp_path / "r.json", tmp_path / "r.emu", tmp_path / "r2.json"
-    p = _run("run", "-v", "--json", str(js), "--record", str(rec), "--", str(prog), str(data))
+    p = run_emu("run", "-v", "--json", str(js), "--record", str(rec), "--", str(prog), str(data))
     res = json.loads(js.read_text())
     names = {v["name"] for v in res["vmas"]}
     files = {s["path"] for s in res["syscalls"] if "path" in s}
@@ -62,7 +56,7 @@ def test_dynamic_program_names(arch: str, tmp_path: Path) -> None:
     anon = sum(v for k, v in snap["rollup"].items() if k.startswith("anon-") and "-cont-" not in k)
     file = sum(v for k, v in snap["rollup"].items() if k.startswith("file-") and "-cont-" not in k)
     assert anon + file == snap["rss_kB"]
-    _run("replay", "-q", "--json", str(js2), str(rec))
+    run_emu("replay", "-q", "--json", str(js2), str(rec))
     again = json.loads(js2.read_text())
     assert [(v["start"], v["name"]) for v in again["vmas"]] == \
         [(v["start"], v["name"]) for v in res["vmas"]]
