@@ -8,6 +8,7 @@ Nothing here allocates frames or decides policy.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,6 @@ class Hardware:
         # vCPUs that have translated anything: only run() fills TLBs and walk caches, so
         # the others are empty and a broadcast flush has nothing to drop there (a
         # machine has 64 vCPUs; a single-threaded guest uses one).
-        self._ran = [False] * nr_cpus
         self._ran_cpus: list[int] = []
 
     def _build_probes(self) -> None:
@@ -199,9 +199,8 @@ class Hardware:
             raise ValueError(f"asid {asid} out of range")
         store = self.physmem.pgtables
         self.fault = None
-        if not self._ran[cpu]:
-            self._ran[cpu] = True
-            self._ran_cpus = sorted(self._ran_cpus + [cpu])
+        if cpu not in self._ran_cpus:
+            bisect.insort(self._ran_cpus, cpu)
         tag, data, stamp, occ, clock, ptag, pdata, pstamp, cnt, fa = self._rows[cpu]
         i = K.run_kernel(kinds, addrs, counts, start, stop, root_pfn, asid,
                          self._arch_id, self._hafdbs, self._coalesce,
