@@ -109,22 +109,29 @@ def make_sort_input(mb: int) -> Path:
 _CACHE_PLUGIN: dict[str, object] = {}
 
 
+def build_plugin(src: Path, out: Path, flags: list[str]) -> str:
+    """gcc a TCG plugin against build/include/qemu-plugin.h: "" or one line saying why not."""
+    header = REPO / "build" / "include" / "qemu-plugin.h"
+    if not header.exists():
+        return f"{header.relative_to(REPO)} missing (run setup.sh)"
+    r = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{header.parent}", *flags,
+                        "-o", str(out), str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        out.unlink(missing_ok=True)
+        err = [ln for ln in r.stderr.splitlines() if "error" in ln] or ["gcc failed"]
+        return f"gcc: {err[0].strip()}"
+    return ""
+
+
 def floor_plugin() -> tuple[Path | None, str]:
     """benchmarks/floor/floor.c built into build/bench/ (or None and why not)."""
     src = REPO / "benchmarks" / "floor" / "floor.c"
     out = BENCH / "libfloor.so"
-    header = REPO / "build" / "include" / "qemu-plugin.h"
-    if not header.exists():
-        return None, f"{header.relative_to(REPO)} missing (run setup.sh)"
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out, ""
     BENCH.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", f"-I{header.parent}",
-                        "-o", str(out), str(src)], capture_output=True, text=True)
-    if r.returncode != 0:
-        err = [ln for ln in r.stderr.splitlines() if "error" in ln] or ["gcc failed"]
-        return None, f"gcc: {err[0].strip()}"
-    return out, ""
+    why = build_plugin(src, out, ["-Wall"])
+    return (None, why) if why else (out, "")
 
 
 def contrib_cache_plugin() -> tuple[Path | None, str]:
@@ -176,13 +183,9 @@ def contrib_cache_plugin() -> tuple[Path | None, str]:
         if cfile is None:
             last = (r.stderr.strip().splitlines() or ["not in the tarball"])[-1]
             return done(None, f"contrib/plugins/cache.c: {last}")
-        r = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{header.parent}",
-                            *glib.stdout.split(), "-o", str(out), str(cfile)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            out.unlink(missing_ok=True)
-            err = [ln for ln in r.stderr.splitlines() if "error" in ln] or ["gcc failed"]
-            return done(None, f"gcc: {err[0].strip()}")
+        why = build_plugin(cfile, out, glib.stdout.split())
+        if why:
+            return done(None, why)
     log(f"contrib cache plugin: built {out} from Debian's qemu {ver}")
     return done(out)
 
